@@ -1,0 +1,428 @@
+//! ECL-C14N-1: the JSON value model, the canonical writer and the hashes built on it (SPEC §3–4).
+//!
+//! Owns the one representation of JSON that every hash in the gate is computed over. It must
+//! never depend on hash-map order, locale or platform: two equal values always give the same
+//! bytes, byte for byte what Python's
+//! `json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` gives.
+
+mod parse;
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+pub use parse::{parse, ParseError, ParseErrorKind, MAX_DEPTH};
+
+/// Object members, kept sorted by key. `String`'s `Ord` compares UTF-8 bytes, which orders
+/// keys exactly as Unicode code points do, the order the canonical form requires.
+pub type Map = BTreeMap<String, Value>;
+
+/// A JSON value as the gate sees it: integers keep every digit, floats are IEEE-754 doubles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Array(Vec<Value>),
+    Object(Map),
+}
+
+/// A JSON number. A token without fraction or exponent stays an exact integer of any size, as
+/// Python's `int` does; anything else is a double.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Number {
+    /// Canonical decimal digits with an optional leading `-`; never `-0`, never leading zeros.
+    Int(Box<str>),
+    /// Always finite.
+    Float(f64),
+}
+
+impl Number {
+    /// The integer, when it is one and fits an `i64`.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Number::Int(digits) => digits.parse().ok(),
+            Number::Float(_) => None,
+        }
+    }
+
+    /// The value as a double (big integers round, as Python's `float(int)` does).
+    pub fn as_f64(&self) -> f64 {
+        match self {
+            Number::Int(digits) => digits.parse().unwrap_or(f64::NAN),
+            Number::Float(f) => *f,
+        }
+    }
+
+    pub fn is_integer(&self) -> bool {
+        matches!(self, Number::Int(_))
+    }
+}
+
+impl From<i64> for Value {
+    fn from(n: i64) -> Self {
+        Value::Number(Number::Int(n.to_string().into_boxed_str()))
+    }
+}
+
+impl From<u64> for Value {
+    fn from(n: u64) -> Self {
+        Value::Number(Number::Int(n.to_string().into_boxed_str()))
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::String(s.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::String(s)
+    }
+}
+
+impl From<Map> for Value {
+    fn from(m: Map) -> Self {
+        Value::Object(m)
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+impl Value {
+    /// Builds an object from `(key, value)` pairs; a later duplicate key replaces an earlier one.
+    pub fn object<K: Into<String>, const N: usize>(members: [(K, Value); N]) -> Value {
+        Value::Object(members.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_object(&self) -> Option<&Map> {
+        match self {
+            Value::Object(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The member `key` of an object; `None` for a missing key or a non-object.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.as_object().and_then(|m| m.get(key))
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The JSON type name, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(Number::Int(_)) => "integer",
+            Value::Number(Number::Float(_)) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+}
+
+static NULL: Value = Value::Null;
+
+/// `value["key"]` reads like the JSON it indexes: a missing member or a non-object gives null.
+impl std::ops::Index<&str> for Value {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        self.get(key).unwrap_or(&NULL)
+    }
+}
+
+/// The canonical bytes of `value`.
+pub fn to_canonical(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    write_canonical(value, &mut out);
+    out
+}
+
+/// Appends the canonical bytes of `value` to `out`.
+pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(Number::Int(digits)) => out.extend_from_slice(digits.as_bytes()),
+        Value::Number(Number::Float(f)) => write_python_float(*f, out),
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => {
+            out.push(b'{');
+            for (i, (key, item)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(key, out);
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0x08 => Some(b"\\b"),
+            0x0c => Some(b"\\f"),
+            0x00..=0x1f => None,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        match escape {
+            Some(e) => out.extend_from_slice(e),
+            None => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Writes `f` as Python's `repr(float)`: the shortest digits that round-trip, in fixed notation
+/// for 1e-4 <= |f| < 1e16 (always with a fraction), otherwise as `d[.ddd]e±XX`.
+fn write_python_float(f: f64, out: &mut Vec<u8>) {
+    if f == 0.0 {
+        out.extend_from_slice(if f.is_sign_negative() {
+            b"-0.0"
+        } else {
+            b"0.0"
+        });
+        return;
+    }
+    // Rust's `{:e}` prints the shortest round-trip digits, e.g. `-1.2345e-7`; only the layout
+    // differs from Python.
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let mut digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    break_tie_to_even(f.abs(), &mut digits, exp);
+    if f.is_sign_negative() {
+        out.push(b'-');
+    }
+    if (-4..16).contains(&exp) {
+        if exp >= 0 {
+            let int_len = usize::try_from(exp).unwrap_or(0) + 1;
+            if digits.len() <= int_len {
+                out.extend_from_slice(digits.as_bytes());
+                out.resize(out.len() + int_len - digits.len(), b'0');
+                out.extend_from_slice(b".0");
+            } else {
+                out.extend_from_slice(&digits.as_bytes()[..int_len]);
+                out.push(b'.');
+                out.extend_from_slice(&digits.as_bytes()[int_len..]);
+            }
+        } else {
+            out.extend_from_slice(b"0.");
+            let zeros = usize::try_from(-exp - 1).unwrap_or(0);
+            out.resize(out.len() + zeros, b'0');
+            out.extend_from_slice(digits.as_bytes());
+        }
+    } else {
+        out.extend_from_slice(&digits.as_bytes()[..1]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits.as_bytes()[1..]);
+        }
+        let sign = if exp < 0 { '-' } else { '+' };
+        out.extend_from_slice(format!("e{sign}{:02}", exp.unsigned_abs()).as_bytes());
+    }
+}
+
+/// Rust and Python both print the shortest digits that round-trip and, among those, the ones
+/// closest to the exact value; they differ only when the exact value lies exactly halfway
+/// between two such candidates (e.g. 259189143840433.125): Rust rounds the tie up, Python's
+/// `repr` (David Gay's dtoa) to an even last digit. Here `digits` (no dot, first digit at
+/// 10^`exp`) is switched to the even neighbour in exactly that case; `f` is positive.
+fn break_tie_to_even(f: f64, digits: &mut String, exp: i32) {
+    let Ok(d) = digits.parse::<u64>() else {
+        return;
+    };
+    if d % 2 == 0 {
+        return;
+    }
+    let Ok(len) = i32::try_from(digits.len()) else {
+        return;
+    };
+    // The value of `digits` is d × 10^k.
+    let k = exp - (len - 1);
+    for neighbour in [d.wrapping_sub(1), d.wrapping_add(1)] {
+        // A neighbour ending in 0 would be a shorter representation, which `{:e}` would have
+        // found; it is skipped so the digit count (and so `exp`) stays the same.
+        if neighbour % 10 == 0 {
+            continue;
+        }
+        // The midpoint between d and the neighbour, (d + neighbour) / 2 × 10^k, as an odd
+        // integer times a power of ten.
+        let Some(mid) = (u128::from(d) + u128::from(neighbour)).checked_mul(5) else {
+            continue;
+        };
+        if !equals_odd_times_pow10(f, mid, k - 1) {
+            continue;
+        }
+        let candidate = neighbour.to_string();
+        if candidate.len() == digits.len()
+            && format!("{candidate}e{k}")
+                .parse::<f64>()
+                .is_ok_and(|g| g == f)
+        {
+            *digits = candidate;
+            return;
+        }
+    }
+}
+
+/// Whether positive `f` equals exactly `m` × 10^`k`, for odd `m`.
+fn equals_odd_times_pow10(f: f64, m: u128, k: i32) -> bool {
+    let bits = f.to_bits();
+    let biased = i32::try_from((bits >> 52) & 0x7ff).unwrap_or(0);
+    let fraction = bits & ((1 << 52) - 1);
+    let (mantissa, mut e2) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1 << 52), biased - 1075)
+    };
+    if mantissa == 0 {
+        return false;
+    }
+    let twos = mantissa.trailing_zeros();
+    let odd = u128::from(mantissa >> twos);
+    e2 += i32::try_from(twos).unwrap_or(0);
+    // f = odd × 2^e2 and m × 10^k = m × 5^k × 2^k; both odd parts and both powers of two
+    // must agree (for k < 0, compare odd × 5^-k with m instead).
+    let Some(five_pow) = 5u128.checked_pow(k.unsigned_abs()) else {
+        return false;
+    };
+    e2 == k
+        && if k >= 0 {
+            m.checked_mul(five_pow) == Some(odd)
+        } else {
+            odd.checked_mul(five_pow) == Some(m)
+        }
+}
+
+/// `"sha256:"` + lowercase hex SHA-256 of `bytes`.
+pub fn sha256_prefixed(bytes: &[u8]) -> String {
+    prefixed(Sha256::digest(bytes).as_slice())
+}
+
+/// `"sha256:"` + lowercase hex of an already computed digest.
+pub fn prefixed(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    s.push_str(&hex::encode(digest));
+    s
+}
+
+/// `hash(v)` of SPEC §3: the prefixed SHA-256 of the canonical bytes.
+pub fn hash(value: &Value) -> String {
+    sha256_prefixed(&to_canonical(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn float(f: f64) -> String {
+        let mut out = Vec::new();
+        write_python_float(f, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    // The tie cases below are written as their exact binary values on purpose.
+    #[allow(clippy::excessive_precision)]
+    fn floats_are_written_as_python_repr() {
+        let cases = [
+            (1.0, "1.0"),
+            (100.0, "100.0"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (1e16, "1e+16"),
+            (1.234e16, "1.234e+16"),
+            (9999999999999998.0, "9999999999999998.0"),
+            (0.1, "0.1"),
+            (-2.5, "-2.5"),
+            (-0.0, "-0.0"),
+            (123.456, "123.456"),
+            (1e300, "1e+300"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            // Exact ties between two shortest candidates go to the even digit, as in Python.
+            (259189143840433.125, "259189143840433.12"),
+            (-1736261076126565.25, "-1736261076126565.2"),
+            (821266108446277.25, "821266108446277.2"),
+            (196790152217186.125, "196790152217186.12"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(float(f), want, "repr of {f:e}");
+        }
+    }
+
+    #[test]
+    fn strings_escape_only_quote_backslash_and_controls() {
+        let v = Value::from("a\"b\\c\n\u{1}\u{7f}/\u{2028}😀");
+        assert_eq!(
+            String::from_utf8(to_canonical(&v)).unwrap_or_default(),
+            "\"a\\\"b\\\\c\\n\\u0001\u{7f}/\u{2028}😀\""
+        );
+    }
+}
