@@ -1,0 +1,234 @@
+//! The decision: a pure function from what the gate read to ALLOW, DENY or ESCALATE (SPEC §5–7).
+//!
+//! Owns steps 5–9 of the evaluation order and the shape of a decision. Everything here is a
+//! value computed from its arguments: no I/O, no clock but the `now` it is handed, no
+//! hash-map iteration order. A DENY is data to be audited, never an `Err`.
+
+mod reason;
+mod render;
+mod rules;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::canonical::{self, Value};
+use crate::profile::{Profile, ProfileError};
+use crate::request::{ExecRequest, Rejection};
+
+pub use reason::{DecisionType, ReasonCode};
+pub use render::{AuditBlock, Timestamps};
+
+/// Name, version and build of this gate, as the decision's `runtime` block reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub build: &'static str,
+}
+
+impl Runtime {
+    pub const fn current() -> Runtime {
+        Runtime {
+            name: "ecl-gate",
+            version: env!("CARGO_PKG_VERSION"),
+            build: match option_env!("ECL_GATE_BUILD") {
+                Some(build) => build,
+                None => "local",
+            },
+        }
+    }
+}
+
+/// The outcome of looking a profile up: what `decide` needs of the profile store.
+pub type ProfileLookup = Result<Arc<Profile>, ProfileError>;
+
+/// What the gate managed to read of one execution attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Attempt<'a> {
+    /// The body never became a request (SPEC §6 steps 1–4), or the gate itself failed.
+    Rejected(&'a Rejection),
+    /// A well-formed request and the profile it names.
+    Request {
+        request: &'a ExecRequest,
+        profile: &'a ProfileLookup,
+    },
+}
+
+/// One decision, everything but the audit block (which exists only once the record is written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub decision_type: DecisionType,
+    pub reason: ReasonCode,
+    pub request_hash: String,
+    pub provenance_id: String,
+    pub request_id: Option<String>,
+    /// `(id, version)` as requested; `None` when the request was not read that far.
+    pub profile: Option<(String, String)>,
+    pub profile_ref_hash: String,
+    pub runtime: Runtime,
+    /// `(tool_name, tool_args)` on ALLOW only.
+    pub approved_call: Option<(String, Value)>,
+    pub escalation: Option<Escalation>,
+    /// Why, in words, for the caller; absent on ALLOW.
+    pub detail: Option<String>,
+    /// The normalized request, when one was read; audited only with `audit.include_request`.
+    pub normalized_request: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escalation {
+    pub intent_hash: String,
+    pub rules: Vec<String>,
+}
+
+/// `profile_ref_hash` when no profile bytes could be read (SPEC §4).
+pub fn no_profile_hash() -> String {
+    canonical::sha256_prefixed(b"NO_PROFILE")
+}
+
+/// `provenance_id` of SPEC §4.
+pub fn provenance_id(profile_ref_hash: &str, request_hash: &str, runtime: &Runtime) -> String {
+    let binding = Value::object([
+        ("profile_ref_hash", Value::from(profile_ref_hash)),
+        ("request_hash", Value::from(request_hash)),
+        ("runtime_version", Value::from(runtime.version)),
+    ]);
+    let hash = canonical::hash(&binding);
+    let hex = hash.strip_prefix("sha256:").unwrap_or(&hash);
+    format!("prov_{}", &hex[..32.min(hex.len())])
+}
+
+/// Decides one attempt. Total: every input yields a decision.
+///
+/// `now` is the decision time; only approval-token expiry may ever depend on it.
+pub fn decide(attempt: Attempt<'_>, runtime: &Runtime, _now: SystemTime) -> Decision {
+    match attempt {
+        Attempt::Rejected(rejection) => Decision::deny(
+            rejection.reason,
+            rejection.request_hash.clone(),
+            rejection.request_id.clone(),
+            rejection.profile.clone(),
+            no_profile_hash(),
+            runtime,
+            Some(rejection.detail.clone()),
+        ),
+        Attempt::Request { request, profile } => evaluate(request, profile, runtime),
+    }
+}
+
+fn evaluate(request: &ExecRequest, lookup: &ProfileLookup, runtime: &Runtime) -> Decision {
+    let ids = Some((request.profile_id.clone(), request.profile_version.clone()));
+    let deny = |reason: ReasonCode, ref_hash: String, detail: String| {
+        let mut decision = Decision::deny(
+            reason,
+            request.request_hash.clone(),
+            Some(request.request_id.clone()),
+            ids.clone(),
+            ref_hash,
+            runtime,
+            Some(detail),
+        );
+        decision.normalized_request = Some(request.normalized.clone());
+        decision
+    };
+
+    // Step 5: the profile.
+    let profile = match lookup {
+        Ok(profile) => profile,
+        Err(err) => return deny(err.reason(), err.ref_hash(), err.to_string()),
+    };
+    let ref_hash = profile.ref_hash.clone();
+
+    // Step 6: the allowlist.
+    let Some(tool) = profile.tool(&request.tool_name) else {
+        return deny(
+            ReasonCode::ToolNotAllowed,
+            ref_hash,
+            format!(
+                "tool `{}` is not allowed by profile `{}` version `{}`",
+                request.tool_name, profile.id, profile.version
+            ),
+        );
+    };
+
+    // Step 7: controls. Until signed approvals exist every token counts as absent, so an
+    // approval requirement can never be met by a string the agent made up.
+    if tool.requires_approval {
+        return deny(
+            ReasonCode::ControlRequired,
+            ref_hash,
+            format!("tool `{}` requires an approval token", request.tool_name),
+        );
+    }
+
+    // Step 8: constraints, in the order the profile lists them.
+    if let Err(failure) = rules::check(tool, &request.tool_args) {
+        return deny(failure.reason, ref_hash, failure.detail);
+    }
+
+    // Step 9.
+    let provenance_id = provenance_id(&ref_hash, &request.request_hash, runtime);
+    Decision {
+        decision_type: DecisionType::Allow,
+        reason: ReasonCode::Ok,
+        request_hash: request.request_hash.clone(),
+        provenance_id,
+        request_id: Some(request.request_id.clone()),
+        profile: ids,
+        profile_ref_hash: ref_hash,
+        runtime: runtime.clone(),
+        approved_call: Some((request.tool_name.clone(), request.tool_args.clone())),
+        escalation: None,
+        detail: None,
+        normalized_request: Some(request.normalized.clone()),
+    }
+}
+
+impl Decision {
+    /// A DENY with everything the audit record needs.
+    pub fn deny(
+        reason: ReasonCode,
+        request_hash: String,
+        request_id: Option<String>,
+        profile: Option<(String, String)>,
+        profile_ref_hash: String,
+        runtime: &Runtime,
+        detail: Option<String>,
+    ) -> Decision {
+        Decision {
+            decision_type: DecisionType::Deny,
+            reason,
+            provenance_id: provenance_id(&profile_ref_hash, &request_hash, runtime),
+            request_hash,
+            request_id,
+            profile,
+            profile_ref_hash,
+            runtime: runtime.clone(),
+            approved_call: None,
+            escalation: None,
+            detail,
+            normalized_request: None,
+        }
+    }
+
+    /// The same attempt turned into a DENY for a failure outside the decision itself (the
+    /// audit write failed, the gate panicked): keeps the attempt's identity, drops any grant.
+    pub fn overridden(&self, reason: ReasonCode, detail: &str) -> Decision {
+        Decision {
+            decision_type: DecisionType::Deny,
+            reason,
+            approved_call: None,
+            escalation: None,
+            detail: Some(detail.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// Everything but the audit block: what must be equal for equal inputs.
+    pub fn fingerprint(&self) -> Value {
+        self.body(None)
+    }
+}
+
+#[cfg(test)]
+mod tests;

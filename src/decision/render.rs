@@ -1,0 +1,144 @@
+//! How a decision looks on the wire (SPEC §5) and in the audit log (SPEC §8).
+//!
+//! Pure formatting: the same decision always renders to the same values. It never decides
+//! anything and never reads the clock; the timestamps are handed in.
+
+use crate::canonical::{Map, Value};
+
+use super::{Decision, DecisionType};
+
+/// Where a decision's audit record landed (SPEC §5 `audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditBlock {
+    pub stream: String,
+    pub seq: u64,
+    pub prev_hash: String,
+    pub record_hash: String,
+}
+
+/// The moments the audit record reports, as RFC 3339 UTC strings; `logged_at` is the writer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timestamps {
+    pub received_at: String,
+    pub decided_at: String,
+}
+
+const UNKNOWN: &str = "UNKNOWN";
+
+impl Decision {
+    /// The response body; `audit` is `None` only when the record could not be written.
+    pub fn body(&self, audit: Option<&AuditBlock>) -> Value {
+        let (profile_id, profile_version) = self.profile_ids();
+        let mut body = Map::new();
+        body.insert("decision_type".into(), self.decision_type.as_str().into());
+        body.insert("reason_code".into(), self.reason.as_str().into());
+        body.insert("request_hash".into(), self.request_hash.as_str().into());
+        body.insert("provenance_id".into(), self.provenance_id.as_str().into());
+        body.insert(
+            "profile".into(),
+            Value::object([
+                ("id", profile_id.into()),
+                ("version", profile_version.into()),
+                ("profile_ref_hash", self.profile_ref_hash.as_str().into()),
+            ]),
+        );
+        body.insert("runtime".into(), self.runtime_value());
+        body.insert("approved_call".into(), self.approved_call_value());
+        if self.decision_type == DecisionType::Escalate {
+            body.insert("escalation".into(), self.escalation_value());
+        }
+        if let Some(detail) = &self.detail {
+            body.insert("detail".into(), detail.as_str().into());
+        }
+        let audit = match audit {
+            Some(block) => Value::object([
+                ("stream", block.stream.as_str().into()),
+                ("seq", block.seq.into()),
+                ("prev_hash", block.prev_hash.as_str().into()),
+                ("record_hash", block.record_hash.as_str().into()),
+            ]),
+            None => Value::Null,
+        };
+        body.insert("audit".into(), audit);
+        Value::Object(body)
+    }
+
+    /// The audit record without `seq`, `timestamps.logged_at` and `integrity`, which the
+    /// writer adds in chain order.
+    pub fn audit_record(&self, timestamps: &Timestamps, include_request: bool) -> Map {
+        let (profile_id, profile_version) = self.profile_ids();
+        let mut record = Map::new();
+        record.insert("record_type".into(), "decision".into());
+        record.insert("provenance_id".into(), self.provenance_id.as_str().into());
+        record.insert(
+            "request_id".into(),
+            self.request_id.as_deref().unwrap_or(UNKNOWN).into(),
+        );
+        record.insert("request_hash".into(), self.request_hash.as_str().into());
+        record.insert("decision_type".into(), self.decision_type.as_str().into());
+        record.insert("reason_code".into(), self.reason.as_str().into());
+        record.insert("approved_call".into(), self.approved_call_value());
+        record.insert("profile_id".into(), profile_id.into());
+        record.insert("profile_version".into(), profile_version.into());
+        record.insert(
+            "profile_ref_hash".into(),
+            self.profile_ref_hash.as_str().into(),
+        );
+        record.insert("runtime".into(), self.runtime_value());
+        record.insert(
+            "timestamps".into(),
+            Value::object([
+                ("received_at", timestamps.received_at.as_str().into()),
+                ("decided_at", timestamps.decided_at.as_str().into()),
+            ]),
+        );
+        if self.decision_type == DecisionType::Escalate {
+            record.insert("escalation".into(), self.escalation_value());
+        }
+        if include_request {
+            if let Some(request) = &self.normalized_request {
+                record.insert("request".into(), request.clone());
+            }
+        }
+        record
+    }
+
+    fn profile_ids(&self) -> (&str, &str) {
+        match &self.profile {
+            Some((id, version)) => (id, version),
+            None => (UNKNOWN, UNKNOWN),
+        }
+    }
+
+    fn runtime_value(&self) -> Value {
+        Value::object([
+            ("name", self.runtime.name.into()),
+            ("version", self.runtime.version.into()),
+            ("build", self.runtime.build.into()),
+        ])
+    }
+
+    fn approved_call_value(&self) -> Value {
+        match &self.approved_call {
+            Some((name, args)) => Value::object([
+                ("tool_name", name.as_str().into()),
+                ("tool_args", args.clone()),
+            ]),
+            None => Value::Null,
+        }
+    }
+
+    fn escalation_value(&self) -> Value {
+        match &self.escalation {
+            Some(escalation) => Value::object([
+                ("intent_hash", escalation.intent_hash.as_str().into()),
+                ("required", Value::Array(vec!["approval_token".into()])),
+                (
+                    "rules",
+                    Value::Array(escalation.rules.iter().map(|r| r.as_str().into()).collect()),
+                ),
+            ]),
+            None => Value::Null,
+        }
+    }
+}

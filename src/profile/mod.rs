@@ -1,0 +1,108 @@
+//! Execution profiles (SPEC §7): the strict schema and the compiled form `decide` reads.
+//!
+//! Owns turning profile bytes into a [`Profile`] or a [`ProfileError`]. A profile that is
+//! anything but exactly right is refused whole: an unknown field, a header that disagrees with
+//! the requested id/version, a default other than DENY, a bad regex. It never guesses.
+
+mod parse;
+mod store;
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::decision::{no_profile_hash, ReasonCode};
+
+pub use parse::parse_profile;
+pub use store::{is_valid_ref, ProfileStore, MAX_PROFILE_BYTES};
+
+/// A loaded, validated profile version. Immutable once built.
+#[derive(Debug)]
+pub struct Profile {
+    pub id: String,
+    pub version: String,
+    /// `"sha256:"` + SHA-256 of the exact file bytes.
+    pub ref_hash: String,
+    tools: Vec<ToolPolicy>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Profile {
+    /// The policy for `name`, if the allowlist names it.
+    pub fn tool(&self, name: &str) -> Option<&ToolPolicy> {
+        self.by_name.get(name).and_then(|&i| self.tools.get(i))
+    }
+
+    pub fn tools(&self) -> &[ToolPolicy] {
+        &self.tools
+    }
+}
+
+/// One allowlist entry.
+#[derive(Debug)]
+pub struct ToolPolicy {
+    pub name: String,
+    pub requires_approval: bool,
+    /// In the order the profile lists them: the first failing rule decides.
+    pub arg_rules: Vec<ArgRule>,
+}
+
+#[derive(Debug)]
+pub struct ArgRule {
+    /// As written in the profile, for messages and audit.
+    pub path: String,
+    pub steps: Vec<PathStep>,
+    pub kind: RuleKind,
+    pub max_len: Option<u64>,
+    pub one_of: Option<Vec<String>>,
+    /// Compiled as `^(?:…)`: anchored at the start like Python's `re.match`.
+    pub pattern: Option<Regex>,
+}
+
+/// One step of an argument path: `$.to` is `[Key("to")]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleKind {
+    String,
+    Number,
+    Bool,
+    /// Kept, not refused at load: the reference reports it when the rule is evaluated
+    /// (`CONSTRAINT_EVAL_ERROR`).
+    Unknown(String),
+}
+
+/// Why no profile could be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile `{id}` at version `{version}`")]
+    NotFound { id: String, version: String },
+    #[error("profile `{id}` version `{version}` is invalid: {message}")]
+    Invalid {
+        id: String,
+        version: String,
+        ref_hash: String,
+        message: String,
+    },
+}
+
+impl ProfileError {
+    pub fn reason(&self) -> ReasonCode {
+        match self {
+            ProfileError::NotFound { .. } => ReasonCode::ProfileNotFound,
+            ProfileError::Invalid { .. } => ReasonCode::ProfileParseError,
+        }
+    }
+
+    /// The `profile_ref_hash` this failure is recorded with (SPEC §4).
+    pub fn ref_hash(&self) -> String {
+        match self {
+            ProfileError::NotFound { .. } => no_profile_hash(),
+            ProfileError::Invalid { ref_hash, .. } => ref_hash.clone(),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The strict profile schema: bytes in, [`Profile`] or a message naming what is wrong out.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::canonical::{self, Value};
+use crate::strict::Strict;
+
+use super::{ArgRule, PathStep, Profile, ProfileError, RuleKind, ToolPolicy};
+
+/// Parses and validates the bytes of `{id}/{version}.json`.
+pub fn parse_profile(id: &str, version: &str, bytes: &[u8]) -> Result<Profile, ProfileError> {
+    let ref_hash = canonical::sha256_prefixed(bytes);
+    let invalid = |message: String| ProfileError::Invalid {
+        id: id.to_owned(),
+        version: version.to_owned(),
+        ref_hash: ref_hash.clone(),
+        message,
+    };
+    let value = canonical::parse(bytes).map_err(|err| invalid(format!("not valid JSON: {err}")))?;
+    let tools = read_profile(&value, id, version).map_err(invalid)?;
+    let mut by_name = HashMap::with_capacity(tools.len());
+    for (index, tool) in tools.iter().enumerate() {
+        if by_name.insert(tool.name.clone(), index).is_some() {
+            // Two entries for one tool would make the policy depend on which one is read.
+            return Err(invalid(format!(
+                "tool `{}` is listed more than once in `allowed_tools`",
+                tool.name
+            )));
+        }
+    }
+    Ok(Profile {
+        id: id.to_owned(),
+        version: version.to_owned(),
+        ref_hash,
+        tools,
+        by_name,
+    })
+}
+
+fn read_profile(value: &Value, id: &str, version: &str) -> Result<Vec<ToolPolicy>, String> {
+    let root = Strict::new(value, "")?;
+    root.only(&["profile_id", "profile_version", "default", "allowed_tools"])?;
+    let declared_id = root.non_empty_str("profile_id")?;
+    if declared_id != id {
+        return Err(format!(
+            "`profile_id` is `{declared_id}` but the file is for `{id}`"
+        ));
+    }
+    let declared_version = root.non_empty_str("profile_version")?;
+    if declared_version != version {
+        return Err(format!(
+            "`profile_version` is `{declared_version}` but the file is for `{version}`"
+        ));
+    }
+    let default = root.non_empty_str("default")?;
+    if default != "DENY" {
+        return Err(format!("`default` must be `DENY`, found `{default}`"));
+    }
+    let Value::Array(entries) = root.required("allowed_tools")? else {
+        return Err("`allowed_tools` must be an array".to_owned());
+    };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| read_tool(entry, &format!("allowed_tools[{i}]")))
+        .collect()
+}
+
+fn read_tool(value: &Value, at: &str) -> Result<ToolPolicy, String> {
+    let tool = Strict::new(value, at)?;
+    tool.only(&["name", "required_controls", "constraints"])?;
+    let name = tool.non_empty_str("name")?.to_owned();
+
+    let requires_approval = match tool.members.get("required_controls") {
+        None | Some(Value::Null) => false,
+        Some(value) => {
+            let at = format!("{at}.required_controls");
+            let controls = Strict::new(value, &at)?;
+            controls.only(&["approval_token"])?;
+            controls.optional_bool("approval_token")?.unwrap_or(false)
+        }
+    };
+
+    let arg_rules = match tool.members.get("constraints") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => {
+            let at = format!("{at}.constraints");
+            let constraints = Strict::new(value, &at)?;
+            constraints.only(&["arg_rules"])?;
+            match constraints.members.get("arg_rules") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(rules)) => rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| read_rule(rule, &format!("{at}.arg_rules[{i}]")))
+                    .collect::<Result<_, _>>()?,
+                Some(other) => {
+                    return Err(format!(
+                        "`{at}.arg_rules` must be an array, found {}",
+                        other.type_name()
+                    ))
+                }
+            }
+        }
+    };
+
+    Ok(ToolPolicy {
+        name,
+        requires_approval,
+        arg_rules,
+    })
+}
+
+fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
+    let rule = Strict::new(value, at)?;
+    rule.only(&["path", "type", "max_len", "enum", "pattern"])?;
+    let path = rule.non_empty_str("path")?.to_owned();
+    let steps = parse_path(&path).map_err(|why| format!("`{at}.path` `{path}` {why}"))?;
+    let kind = match rule.non_empty_str("type")? {
+        "string" => RuleKind::String,
+        "number" => RuleKind::Number,
+        "bool" => RuleKind::Bool,
+        other => RuleKind::Unknown(other.to_owned()),
+    };
+    let max_len = rule.optional_count("max_len")?;
+    let one_of = match rule.members.get("enum") {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("`{at}.enum` must list strings only"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(other) => {
+            return Err(format!(
+                "`{at}.enum` must be an array, found {}",
+                other.type_name()
+            ))
+        }
+    };
+    let pattern = match rule.members.get("pattern") {
+        None => None,
+        Some(Value::String(source)) => Some(
+            Regex::new(&format!("^(?:{source})"))
+                .map_err(|err| format!("`{at}.pattern` is not a valid regex: {err}"))?,
+        ),
+        Some(other) => {
+            return Err(format!(
+                "`{at}.pattern` must be a string, found {}",
+                other.type_name()
+            ))
+        }
+    };
+    // A string check on a non-string rule would be silently ignored; refuse it instead.
+    let string_checks = max_len.is_some() || one_of.is_some() || pattern.is_some();
+    if string_checks && matches!(kind, RuleKind::Number | RuleKind::Bool) {
+        return Err(format!(
+            "`{at}` sets `max_len`, `enum` or `pattern`, which apply to strings only"
+        ));
+    }
+    Ok(ArgRule {
+        path,
+        steps,
+        kind,
+        max_len,
+        one_of,
+        pattern,
+    })
+}
+
+/// Parses `$.key`, `$.a.b` and `$.items[0]` into steps.
+fn parse_path(path: &str) -> Result<Vec<PathStep>, &'static str> {
+    let mut rest = path.strip_prefix('$').ok_or("must start with `$`")?;
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            let (key, tail) = after.split_at(end);
+            if key.is_empty() {
+                return Err("has an empty key");
+            }
+            steps.push(PathStep::Key(key.to_owned()));
+            rest = tail;
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let (index, tail) = after.split_once(']').ok_or("has an unclosed `[`")?;
+            let index = if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) {
+                index
+                    .parse()
+                    .map_err(|_| "has an index that is too large")?
+            } else {
+                return Err("has an index that is not a number");
+            };
+            steps.push(PathStep::Index(index));
+            rest = tail;
+        } else {
+            return Err("must continue with `.key` or `[index]`");
+        }
+    }
+    if steps.is_empty() {
+        return Err("names no argument");
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_into_steps() {
+        assert_eq!(parse_path("$.to"), Ok(vec![PathStep::Key("to".into())]));
+        assert_eq!(
+            parse_path("$.a.b[2]"),
+            Ok(vec![
+                PathStep::Key("a".into()),
+                PathStep::Key("b".into()),
+                PathStep::Index(2)
+            ])
+        );
+        for bad in ["to", "$", "$.", "$..a", "$[x]", "$[1", "$a"] {
+            assert!(parse_path(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The execution request (SPEC §2) and the hashes that identify it (SPEC §4).
+//!
+//! Owns steps 2–4 of the evaluation order: parse, strict schema, snapshot hash. It turns raw
+//! body bytes into either a fully checked [`ExecRequest`] or a [`Rejection`] that already
+//! carries the `request_hash` the audit record needs. It must never coerce types, accept an
+//! unknown field, or do I/O.
+
+use std::collections::BTreeMap;
+
+use crate::canonical::{self, Map, Value};
+use crate::decision::ReasonCode;
+use crate::strict::Strict;
+
+/// A request that passed parse, schema and snapshot-hash checks.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub request_id: String,
+    pub actor: Actor,
+    pub tool_name: String,
+    /// Exactly as received; forwarded untouched on ALLOW.
+    pub tool_args: Value,
+    pub profile_id: String,
+    pub profile_version: String,
+    pub approval_token: Option<String>,
+    pub nonce: Option<String>,
+    pub submitted_at: Option<String>,
+    /// Every field of SPEC §2 present, absent optionals as `null` (SPEC §4).
+    pub normalized: Value,
+    pub request_hash: String,
+    /// What an approval binds to: the normalized request without `controls` and `submitted_at`.
+    pub intent_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub principal_id: String,
+    pub principal_type: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Why a body never became an [`ExecRequest`], with what the audit record can still say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: ReasonCode,
+    pub request_hash: String,
+    /// Known only once the schema held, i.e. for `CTX_HASH_MISMATCH`.
+    pub request_id: Option<String>,
+    pub profile: Option<(String, String)>,
+    /// A human-readable cause for the client; never internal state.
+    pub detail: String,
+}
+
+/// Steps 2–4 of SPEC §6 over a complete body.
+pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
+    let value = canonical::parse(body).map_err(|err| {
+        Box::new(Rejection {
+            reason: ReasonCode::RequestParseError,
+            request_hash: canonical::sha256_prefixed(body),
+            request_id: None,
+            profile: None,
+            detail: err.to_string(),
+        })
+    })?;
+    let fields = match read_fields(&value) {
+        Ok(fields) => fields,
+        Err(detail) => {
+            return Err(Box::new(Rejection {
+                reason: ReasonCode::RequestSchemaInvalid,
+                request_hash: canonical::hash(&value),
+                request_id: None,
+                profile: None,
+                detail,
+            }))
+        }
+    };
+    let snapshot_ok = canonical::hash(fields.snapshot) == fields.snapshot_hash;
+    let normalized = fields.normalize();
+    let request_hash = canonical::hash(&normalized);
+    if !snapshot_ok {
+        return Err(Box::new(Rejection {
+            reason: ReasonCode::CtxHashMismatch,
+            request_hash,
+            request_id: Some(fields.request_id.to_owned()),
+            profile: Some((
+                fields.profile_id.to_owned(),
+                fields.profile_version.to_owned(),
+            )),
+            detail: "`context.snapshot_hash` is not the hash of `context.snapshot`".to_owned(),
+        }));
+    }
+    let intent_hash = intent_hash(&normalized);
+    Ok(ExecRequest {
+        request_id: fields.request_id.to_owned(),
+        actor: Actor {
+            principal_id: fields.principal_id.to_owned(),
+            principal_type: fields.principal_type.to_owned(),
+            attributes: fields.attributes.clone(),
+        },
+        tool_name: fields.tool_name.to_owned(),
+        tool_args: fields.tool_args.clone(),
+        profile_id: fields.profile_id.to_owned(),
+        profile_version: fields.profile_version.to_owned(),
+        approval_token: fields.approval_token.map(str::to_owned),
+        nonce: fields.nonce.map(str::to_owned),
+        submitted_at: fields.submitted_at.map(str::to_owned),
+        normalized,
+        request_hash,
+        intent_hash,
+    })
+}
+
+fn intent_hash(normalized: &Value) -> String {
+    let mut intent = normalized.as_object().cloned().unwrap_or_default();
+    intent.remove("controls");
+    intent.remove("submitted_at");
+    canonical::hash(&Value::Object(intent))
+}
+
+/// The request's fields, borrowed from the parsed body once the schema held.
+struct Fields<'a> {
+    request_id: &'a str,
+    principal_id: &'a str,
+    principal_type: &'a str,
+    attributes: BTreeMap<String, String>,
+    tool_name: &'a str,
+    tool_args: &'a Value,
+    profile_id: &'a str,
+    profile_version: &'a str,
+    snapshot: &'a Value,
+    snapshot_hash: &'a str,
+    /// `None` when `controls` is absent or null; the reference normalizes those to `null`.
+    controls: Option<(Option<&'a str>, Option<&'a str>)>,
+    approval_token: Option<&'a str>,
+    nonce: Option<&'a str>,
+    submitted_at: Option<&'a str>,
+}
+
+impl Fields<'_> {
+    fn normalize(&self) -> Value {
+        let controls = match self.controls {
+            None => Value::Null,
+            Some((token, nonce)) => Value::object([
+                ("approval_token", Value::from(token)),
+                ("nonce", Value::from(nonce)),
+            ]),
+        };
+        let attributes: Map = self
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        Value::object([
+            ("request_id", Value::from(self.request_id)),
+            (
+                "actor",
+                Value::object([
+                    ("principal_id", Value::from(self.principal_id)),
+                    ("principal_type", Value::from(self.principal_type)),
+                    ("attributes", Value::Object(attributes)),
+                ]),
+            ),
+            (
+                "tool",
+                Value::object([
+                    ("name", Value::from(self.tool_name)),
+                    ("args", self.tool_args.clone()),
+                ]),
+            ),
+            (
+                "profile",
+                Value::object([
+                    ("id", Value::from(self.profile_id)),
+                    ("version", Value::from(self.profile_version)),
+                ]),
+            ),
+            (
+                "context",
+                Value::object([
+                    ("snapshot", self.snapshot.clone()),
+                    ("snapshot_hash", Value::from(self.snapshot_hash)),
+                ]),
+            ),
+            ("controls", controls),
+            ("submitted_at", Value::from(self.submitted_at)),
+        ])
+    }
+}
+
+fn read_fields(value: &Value) -> Result<Fields<'_>, String> {
+    let root = Strict::new(value, "")?;
+    root.only(&[
+        "request_id",
+        "actor",
+        "tool",
+        "profile",
+        "context",
+        "controls",
+        "submitted_at",
+    ])?;
+
+    let actor = Strict::new(root.required("actor")?, "actor")?;
+    actor.only(&["principal_id", "principal_type", "attributes"])?;
+    let attributes = match actor.members.get("attributes") {
+        None => BTreeMap::new(),
+        Some(value) => {
+            let attrs = Strict::new(value, "actor.attributes")?;
+            let mut out = BTreeMap::new();
+            for (key, v) in attrs.members {
+                match v {
+                    Value::String(s) => {
+                        out.insert(key.clone(), s.clone());
+                    }
+                    other => {
+                        return Err(format!(
+                            "`actor.attributes.{key}` must be a string, found {}",
+                            other.type_name()
+                        ))
+                    }
+                }
+            }
+            out
+        }
+    };
+
+    let tool = Strict::new(root.required("tool")?, "tool")?;
+    tool.only(&["name", "args"])?;
+    let profile = Strict::new(root.required("profile")?, "profile")?;
+    profile.only(&["id", "version"])?;
+    let context = Strict::new(root.required("context")?, "context")?;
+    context.only(&["snapshot", "snapshot_hash"])?;
+
+    let controls = match root.members.get("controls") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let controls = Strict::new(value, "controls")?;
+            controls.only(&["approval_token", "nonce"])?;
+            Some((
+                controls.nullable_str("approval_token")?,
+                controls.nullable_str("nonce")?,
+            ))
+        }
+    };
+
+    Ok(Fields {
+        request_id: root.non_empty_str("request_id")?,
+        principal_id: actor.non_empty_str("principal_id")?,
+        principal_type: actor.non_empty_str("principal_type")?,
+        attributes,
+        tool_name: tool.non_empty_str("name")?,
+        tool_args: tool.required("args")?,
+        profile_id: profile.non_empty_str("id")?,
+        profile_version: profile.non_empty_str("version")?,
+        snapshot: context.required("snapshot")?,
+        snapshot_hash: context.non_empty_str("snapshot_hash")?,
+        approval_token: controls.and_then(|(token, _)| token),
+        nonce: controls.and_then(|(_, nonce)| nonce),
+        controls,
+        submitted_at: root.nullable_str("submitted_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
