@@ -1,0 +1,15 @@
+//! ecl-gate: a deterministic, fail-closed execution gate for AI agents' tool calls.
+//!
+//! The pure core — [`canonical`], [`request`], [`profile`] parsing and [`decision`] — decides;
+//! the I/O around it — [`server`], [`audit`], the profile store and [`config`] — reads bytes,
+//! writes evidence and answers. Nothing in the core touches a socket, a file or the clock.
+
+pub mod audit;
+pub mod canonical;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod profile;
+pub mod request;
+pub mod server;
+mod strict;

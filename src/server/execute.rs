@@ -1,0 +1,223 @@
+//! `ExecuteService`: one execution attempt, read → decode → decide → audit → respond.
+//!
+//! Reads as SPEC §6. Its error type is `Infallible`: every outcome, a panic included, becomes
+//! a decision with an audit record, and nothing is answered ALLOW before its record is written.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+
+use crate::canonical;
+use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
+use crate::request::{self, Rejection};
+
+use super::body::read_body;
+use super::{not_an_attempt, Gate};
+
+pub const EXECUTE_PATH: &str = "/v1/execute";
+
+#[derive(Clone)]
+pub struct ExecuteService {
+    gate: Arc<Gate>,
+}
+
+impl ExecuteService {
+    pub fn new(gate: Arc<Gate>) -> Self {
+        ExecuteService { gate }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for ExecuteService
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let gate = Arc::clone(&self.gate);
+        Box::pin(async move { Ok(handle(gate, request).await) })
+    }
+}
+
+async fn handle<B>(gate: Arc<Gate>, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    if request.uri().path() != EXECUTE_PATH {
+        return not_an_attempt(
+            StatusCode::NOT_FOUND,
+            "not found: the only route is POST /v1/execute",
+        );
+    }
+    if request.method() != Method::POST {
+        let mut response = not_an_attempt(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use POST /v1/execute",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+
+    let received = SystemTime::now();
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = read_body(
+        request.into_body(),
+        declared,
+        gate.max_body_bytes,
+        gate.body_timeout,
+    )
+    .await;
+
+    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, received))
+        .catch_unwind()
+        .await;
+    match attempt {
+        Ok(response) => response,
+        Err(_) => {
+            // The decision or its audit panicked: what was decided is unknown, so the answer
+            // is an INTERNAL_ERROR of its own, recorded like any other decision.
+            tracing::error!("panic while deciding; answering INTERNAL_ERROR");
+            let decision = internal_error(&gate, body.as_ref().ok());
+            record_and_respond(&gate, decision, received, SystemTime::now()).await
+        }
+    }
+}
+
+async fn decide_and_record(
+    gate: &Gate,
+    body: &Result<Bytes, super::body::BodyFailure>,
+    received: SystemTime,
+) -> Response<Full<Bytes>> {
+    let decision = match body {
+        Ok(bytes) => decide_body(gate, bytes),
+        Err(failure) => {
+            let rejection = Rejection {
+                reason: failure.reason,
+                // The body was not read in full: its hash is that of zero bytes.
+                request_hash: canonical::sha256_prefixed(b""),
+                request_id: None,
+                profile: None,
+                detail: failure.detail.clone(),
+            };
+            (gate.decide)(Attempt::Rejected(&rejection), &gate.runtime, received)
+        }
+    };
+    record_and_respond(gate, decision, received, SystemTime::now()).await
+}
+
+/// Steps 2–9: decode, look the profile up, decide.
+fn decide_body(gate: &Gate, bytes: &[u8]) -> Decision {
+    let now = SystemTime::now();
+    match request::decode(bytes) {
+        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.runtime, now),
+        Ok(request) => {
+            let profile = gate
+                .profiles
+                .get(&request.profile_id, &request.profile_version);
+            (gate.decide)(
+                Attempt::Request {
+                    request: &request,
+                    profile: &profile,
+                },
+                &gate.runtime,
+                now,
+            )
+        }
+    }
+}
+
+fn internal_error(gate: &Gate, body: Option<&Bytes>) -> Decision {
+    let request_hash = canonical::sha256_prefixed(body.map_or(&b""[..], |b| &b[..]));
+    Decision::deny(
+        ReasonCode::InternalError,
+        request_hash,
+        None,
+        None,
+        no_profile_hash(),
+        &gate.runtime,
+        Some("internal error".to_owned()),
+    )
+}
+
+/// Appends the decision's record, then answers. Nothing is answered before its record is
+/// written; a record that cannot be written turns the answer into a 503 DENY.
+async fn record_and_respond(
+    gate: &Gate,
+    decision: Decision,
+    received: SystemTime,
+    decided: SystemTime,
+) -> Response<Full<Bytes>> {
+    let timestamps = Timestamps {
+        received_at: rfc3339(received),
+        decided_at: rfc3339(decided),
+    };
+    let record = decision.audit_record(&timestamps, gate.include_request);
+    match gate.audit.append(record).await {
+        Ok(receipt) => {
+            let block = AuditBlock {
+                stream: receipt.stream.to_string(),
+                seq: receipt.seq,
+                prev_hash: receipt.prev_hash,
+                record_hash: receipt.record_hash,
+            };
+            tracing::debug!(
+                provenance_id = %decision.provenance_id,
+                decision = %decision.decision_type,
+                reason = %decision.reason,
+                seq = block.seq,
+                "decided"
+            );
+            respond(StatusCode::OK, &decision.body(Some(&block)))
+        }
+        Err(err) => {
+            tracing::error!(
+                provenance_id = %decision.provenance_id,
+                error = %err,
+                "audit record could not be written; answering AUDIT_WRITE_FAILED"
+            );
+            let failed = decision.overridden(
+                ReasonCode::AuditWriteFailed,
+                "the audit record could not be written",
+            );
+            respond(StatusCode::SERVICE_UNAVAILABLE, &failed.body(None))
+        }
+    }
+}
+
+fn respond(status: StatusCode, body: &canonical::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(canonical::to_canonical(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}

@@ -1,0 +1,36 @@
+//! The state every execution request shares: profiles, audit log, limits.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::decision::{self, Attempt, Decision, Runtime};
+use crate::profile::ProfileStore;
+
+/// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
+pub type DecideFn = fn(Attempt<'_>, &Runtime, SystemTime) -> Decision;
+
+pub struct Gate {
+    pub profiles: ProfileStore,
+    pub audit: AuditLog,
+    pub runtime: Runtime,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub include_request: bool,
+    pub decide: DecideFn,
+}
+
+impl Gate {
+    pub fn new(config: &Config, profiles: ProfileStore, audit: AuditLog) -> Arc<Gate> {
+        Arc::new(Gate {
+            profiles,
+            audit,
+            runtime: Runtime::current(),
+            max_body_bytes: config.max_body_bytes,
+            body_timeout: config.body_timeout,
+            include_request: config.audit.include_request,
+            decide: decision::decide,
+        })
+    }
+}
