@@ -1,0 +1,11 @@
+//! Integration tests, compiled as one binary: the crate against the shared vectors, and the
+//! gate over real HTTP on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod audit;
+mod common;
+mod determinism;
+mod execute;
+mod internal;
+mod profiles;
+mod vectors;
