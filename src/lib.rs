@@ -9,6 +9,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod load;
 pub mod profile;
 pub mod request;
 pub mod server;

@@ -5,6 +5,7 @@
 
 mod audit;
 mod hash;
+mod load;
 mod profiles;
 mod serve;
 
@@ -49,6 +50,8 @@ enum Command {
     /// Profile tools
     #[command(subcommand)]
     Profiles(profiles::ProfilesCommand),
+    /// Send load to a running gate; report OK/FAIL, decisions, throughput and latency
+    Load(Box<load::LoadArgs>),
 }
 
 pub const EXIT_PROBLEM: u8 = 1;
@@ -63,6 +66,7 @@ pub fn run() -> ExitCode {
         Command::Canonicalize { file } => hash::canonicalize(file.as_deref()),
         Command::Audit(command) => audit::run(command),
         Command::Profiles(command) => profiles::run(command, config),
+        Command::Load(args) => load::run(&args),
     };
     match result {
         Ok(code) => code,
