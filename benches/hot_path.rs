@@ -266,8 +266,15 @@ fn render_benches(c: &mut Criterion) {
     let block = audit_block();
     let ts = timestamps();
     let mut group = c.benchmark_group("render");
-    group.bench_function("response body bytes", |b| {
+    group.bench_function("response body via Value + to_canonical", |b| {
         b.iter(|| canonical::to_canonical(&black_box(&decision).body(Some(&block))))
+    });
+    group.bench_function("response body via write_body (the gate's)", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(1024);
+            black_box(&decision).write_body(Some(&block), &mut out);
+            out
+        })
     });
     group.finish();
 
@@ -279,7 +286,8 @@ fn render_benches(c: &mut Criterion) {
             let request = request::decode(black_box(&body)).unwrap();
             let decision = allowed(&request, &example);
             let record = decision.audit_record(&ts, false);
-            let response = canonical::to_canonical(&decision.body(Some(&block)));
+            let mut response = Vec::with_capacity(1024);
+            decision.write_body(Some(&block), &mut response);
             (record, response)
         })
     });

@@ -373,7 +373,108 @@ pub fn prefixed(digest: &[u8]) -> String {
 
 /// `hash(v)` of SPEC §3: the prefixed SHA-256 of the canonical bytes.
 pub fn hash(value: &Value) -> String {
-    sha256_prefixed(&to_canonical(value))
+    // Several hashes per request: serializing into a reused buffer saves an allocation and
+    // its regrowths each time. A nested call (none exists) would just allocate.
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            write_canonical(value, &mut buf);
+            let hash = sha256_prefixed(&buf);
+            if buf.capacity() > MAX_KEPT_SCRATCH {
+                *buf = Vec::new();
+            }
+            hash
+        }
+        Err(_) => sha256_prefixed(&to_canonical(value)),
+    })
+}
+
+/// A scratch buffer larger than this (a big request was hashed) is not kept for the next one.
+const MAX_KEPT_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Appends `s` as a canonical JSON string (quoted and escaped).
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
+    write_string(s, out);
+}
+
+/// Writes one JSON object straight to bytes, member by member, without building a [`Value`]:
+/// for hot paths whose members are known in advance.
+///
+/// INVARIANT: members must be written in canonical key order (by UTF-8 bytes), each key once;
+/// debug builds check it. The result is then byte for byte `to_canonical` of the same object.
+pub struct ObjectWriter<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+    #[cfg(debug_assertions)]
+    last_key: Option<String>,
+}
+
+impl<'a> ObjectWriter<'a> {
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        ObjectWriter {
+            out,
+            empty: true,
+            #[cfg(debug_assertions)]
+            last_key: None,
+        }
+    }
+
+    /// Writes `"key":` and returns the buffer for the value, which the caller must write next.
+    pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        #[cfg(debug_assertions)]
+        {
+            debug_assert!(
+                self.last_key.as_deref().map_or(true, |last| last < key),
+                "object keys out of canonical order: `{key}` after `{:?}`",
+                self.last_key
+            );
+            self.last_key = Some(key.to_owned());
+        }
+        if !std::mem::take(&mut self.empty) {
+            self.out.push(b',');
+        }
+        write_string(key, self.out);
+        self.out.push(b':');
+        self.out
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        write_string(value, self.key(key));
+    }
+
+    pub fn value(&mut self, key: &str, value: &Value) {
+        write_canonical(value, self.key(key));
+    }
+
+    pub fn null(&mut self, key: &str) {
+        self.key(key).extend_from_slice(b"null");
+    }
+
+    pub fn u64(&mut self, key: &str, n: u64) {
+        let out = self.key(key);
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+    }
+
+    /// Closes the object.
+    pub fn finish(self) {
+        self.out.push(b'}');
+    }
 }
 
 #[cfg(test)]
@@ -414,6 +515,47 @@ mod tests {
         ];
         for (f, want) in cases {
             assert_eq!(float(f), want, "repr of {f:e}");
+        }
+    }
+
+    #[test]
+    fn object_writer_matches_to_canonical() {
+        let nested = Value::object([("b", Value::Null), ("a", "x\n\"y".into())]);
+        let expected = Value::object([
+            ("a", "é\u{1}".into()),
+            ("b", nested.clone()),
+            ("c", Value::from(u64::MAX)),
+            ("d", Value::Null),
+            ("e", Value::from(0u64)),
+        ]);
+        let mut out = Vec::new();
+        let mut w = ObjectWriter::new(&mut out);
+        w.str("a", "é\u{1}");
+        w.value("b", &nested);
+        w.u64("c", u64::MAX);
+        w.null("d");
+        w.u64("e", 0);
+        w.finish();
+        assert_eq!(out, to_canonical(&expected));
+
+        let mut out = Vec::new();
+        let mut w = ObjectWriter::new(&mut out);
+        let mut inner = ObjectWriter::new(w.key("k"));
+        inner.str("z", "1");
+        inner.finish();
+        w.finish();
+        assert_eq!(out, b"{\"k\":{\"z\":\"1\"}}");
+        let mut out = Vec::new();
+        ObjectWriter::new(&mut out).finish();
+        assert_eq!(out, b"{}");
+    }
+
+    #[test]
+    fn hash_is_sha256_of_the_canonical_bytes_whatever_the_size() {
+        // Large values are hashed through the scratch buffer too, which is not kept after.
+        for len in [0, 10, 100_000] {
+            let v = Value::object([("s", "x".repeat(len).into())]);
+            assert_eq!(hash(&v), sha256_prefixed(&to_canonical(&v)));
         }
     }
 

@@ -3,7 +3,7 @@
 //! Pure formatting: the same decision always renders to the same values. It never decides
 //! anything and never reads the clock; the timestamps are handed in.
 
-use crate::canonical::{Map, Value};
+use crate::canonical::{Map, ObjectWriter, Value};
 
 use super::{Decision, DecisionType};
 
@@ -61,6 +61,60 @@ impl Decision {
         };
         body.insert("audit".into(), audit);
         Value::Object(body)
+    }
+
+    /// The response body's canonical bytes, appended to `out`: byte for byte
+    /// `to_canonical(&self.body(audit))`, written without building the [`Value`] first (the
+    /// hot path answers every request with it).
+    pub fn write_body(&self, audit: Option<&AuditBlock>, out: &mut Vec<u8>) {
+        let (profile_id, profile_version) = self.profile_ids();
+        // INVARIANT: members in canonical (byte) order; `write_body_is_body` checks it.
+        let mut body = ObjectWriter::new(out);
+        match &self.approved_call {
+            Some((name, args)) => {
+                let mut call = ObjectWriter::new(body.key("approved_call"));
+                call.value("tool_args", args);
+                call.str("tool_name", name);
+                call.finish();
+            }
+            None => body.null("approved_call"),
+        }
+        match audit {
+            Some(block) => {
+                let mut audit = ObjectWriter::new(body.key("audit"));
+                audit.str("prev_hash", &block.prev_hash);
+                audit.str("record_hash", &block.record_hash);
+                audit.u64("seq", block.seq);
+                audit.str("stream", &block.stream);
+                audit.finish();
+            }
+            None => body.null("audit"),
+        }
+        body.str("decision_type", self.decision_type.as_str());
+        if let Some(detail) = &self.detail {
+            body.str("detail", detail);
+        }
+        if self.decision_type == DecisionType::Escalate {
+            body.value("escalation", &self.escalation_value());
+        }
+        {
+            let mut profile = ObjectWriter::new(body.key("profile"));
+            profile.str("id", profile_id);
+            profile.str("profile_ref_hash", &self.profile_ref_hash);
+            profile.str("version", profile_version);
+            profile.finish();
+        }
+        body.str("provenance_id", &self.provenance_id);
+        body.str("reason_code", self.reason.as_str());
+        body.str("request_hash", &self.request_hash);
+        {
+            let mut runtime = ObjectWriter::new(body.key("runtime"));
+            runtime.str("build", self.runtime.build);
+            runtime.str("name", self.runtime.name);
+            runtime.str("version", self.runtime.version);
+            runtime.finish();
+        }
+        body.finish();
     }
 
     /// The audit record without `seq`, `timestamps.logged_at` and `integrity`, which the
@@ -139,6 +193,82 @@ impl Decision {
                 ),
             ]),
             None => Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Escalation, ReasonCode, Runtime};
+    use super::*;
+    use crate::canonical::{parse, to_canonical};
+
+    fn decisions() -> Vec<Decision> {
+        let args = parse(
+            r#"{"to":"b@example.com","z":[1,2.5,null,{"q":"\"\\\u0001é😀"}],"a":{"decision_type":"x"}}"#
+                .as_bytes(),
+        )
+        .unwrap();
+        let allow = Decision {
+            decision_type: DecisionType::Allow,
+            reason: ReasonCode::Ok,
+            request_hash: "sha256:aa".into(),
+            provenance_id: "prov_bb".into(),
+            request_id: Some("r-1".into()),
+            profile: Some(("example".into(), "1.0.0".into())),
+            profile_ref_hash: "sha256:cc".into(),
+            runtime: Runtime::current(),
+            approved_call: Some(("email.send".into(), args)),
+            escalation: None,
+            detail: None,
+            normalized_request: None,
+        };
+        let deny = Decision {
+            decision_type: DecisionType::Deny,
+            reason: ReasonCode::RequestParseError,
+            approved_call: None,
+            profile: None,
+            request_id: None,
+            detail: Some("bad \"input\"\n at byte 1".into()),
+            ..allow.clone()
+        };
+        let escalate = Decision {
+            decision_type: DecisionType::Escalate,
+            reason: ReasonCode::ApprovalRequired,
+            approved_call: None,
+            escalation: Some(Escalation {
+                intent_hash: "sha256:dd".into(),
+                rules: vec!["$.amount".into(), "$.to".into()],
+            }),
+            detail: Some("needs approval".into()),
+            ..allow.clone()
+        };
+        let escalate_without_block = Decision {
+            escalation: None,
+            ..escalate.clone()
+        };
+        vec![allow, deny, escalate, escalate_without_block]
+    }
+
+    #[test]
+    // write_body hand-orders its members; it must equal the canonical form of body() exactly.
+    fn write_body_is_body() {
+        let block = AuditBlock {
+            stream: "ecl-audit-1.log".into(),
+            seq: 18_446_744_073_709_551_615,
+            prev_hash: "sha256:GENESIS".into(),
+            record_hash: "sha256:ee".into(),
+        };
+        for decision in decisions() {
+            for audit in [Some(&block), None] {
+                let mut out = b"prefix".to_vec();
+                decision.write_body(audit, &mut out);
+                assert_eq!(
+                    &out[6..],
+                    to_canonical(&decision.body(audit)).as_slice(),
+                    "{decision:?}"
+                );
+            }
         }
     }
 }
