@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# ecl-gate against its speed-of-light ceiling (examples/ceiling.rs), measured back to back with
+# the same load (`ecl-gate load`), so the gate/ceiling ratio holds on a noisy machine.
+#
+#   bench/run.sh                                full run: concurrency 64 and 256, audit sync
+#                                               never and always, 20 s each after 3 s warm-up
+#   BENCH_DURATION=5s BENCH_WARMUP=1s bench/run.sh    a quick run
+#   BENCH_ROUNDS=3 bench/run.sh                 every ceiling/gate pair 3 times, then medians
+#   BENCH_SMOKE=1 bench/run.sh                  CI: debug build, 1 s per server, fails only if an
+#                                               answer FAILs; no thresholds
+#
+# More knobs: BENCH_CONCURRENCY ("64 256"), BENCH_SYNC ("never always"), BENCH_SCENARIO (allow),
+# BENCH_LOAD_THREADS (1), BENCH_KEEP=1 keeps the work directory (logs, JSON reports).
+#
+# Columns: req/s = OK decisions per second over the measured window; p50/p99 latency in ms as
+# the load generator sees it; cpu us/req = the server's CPU time (user+sys, all threads) in the
+# measured window per answer, steadier than req/s when other work shares the machine; RSS MB =
+# the server's peak resident memory (VmHWM); load cores = CPU the load generator itself used
+# (it runs on the same machine); ratio = gate/ceiling req/s of the same round.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=${BENCH_SMOKE:-0}
+if [ "$smoke" = 1 ]; then
+  profile=debug
+  duration=${BENCH_DURATION:-1s}
+  warmup=${BENCH_WARMUP:-0s}
+  concurrency=${BENCH_CONCURRENCY:-8}
+else
+  profile=release
+  duration=${BENCH_DURATION:-20s}
+  warmup=${BENCH_WARMUP:-3s}
+  concurrency=${BENCH_CONCURRENCY:-64 256}
+fi
+syncs=${BENCH_SYNC:-never always}
+rounds=${BENCH_ROUNDS:-1}
+scenario=${BENCH_SCENARIO:-allow}
+load_threads=${BENCH_LOAD_THREADS:-1}
+
+if [ "$profile" = release ]; then
+  cargo build --quiet --release --bin ecl-gate --example ceiling
+else
+  cargo build --quiet --bin ecl-gate --example ceiling
+fi
+bin=target/$profile/ecl-gate
+ceiling=target/$profile/examples/ceiling
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ecl-bench.XXXXXX")
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+seconds() { # "20s" / "1.5s" / "2m" -> seconds
+  case $1 in
+    *ms) awk -v v="${1%ms}" 'BEGIN { print v / 1000 }' ;;
+    *m) awk -v v="${1%m}" 'BEGIN { print v * 60 }' ;;
+    *s) echo "${1%s}" ;;
+    *) echo "$1" ;;
+  esac
+}
+cpu_ticks() { # user + system clock ticks of a process, all threads
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+peak_rss_mb() {
+  awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
+}
+jnum() { # a number member of the one-line JSON report
+  sed -E "s/.*\"$1\":([-0-9.eE+]+|null).*/\1/" "$2"
+}
+
+# Starts a server; sets server_pid and addr.
+start() {
+  local kind=$1 sync=$2 log=$3 err=$work/server.err
+  : >"$err"
+  if [ "$kind" = ceiling ]; then
+    "$ceiling" --listen 127.0.0.1:0 --sync "$sync" --path "$log" 2>"$err" &
+  else
+    NO_COLOR=1 ECL_LISTEN=127.0.0.1:0 ECL_ADMIN_LISTEN=127.0.0.1:0 ECL_AUDIT__SYNC="$sync" \
+      ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL=info \
+      "$bin" serve 2>"$err" &
+  fi
+  server_pid=$!
+  addr=
+  for _ in $(seq 1 100); do
+    addr=$(grep -o 'serving POST http://[0-9.:]*' "$err" | head -n 1 | sed 's|.*http://||') || true
+    [ -n "$addr" ] && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench: the $kind did not start:" >&2
+  cat "$err" >&2
+  exit 1
+}
+
+stop() {
+  kill -TERM "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+}
+
+warm_s=$(seconds "$warmup")
+total_s=$(awk -v a="$warm_s" -v b="$(seconds "$duration")" 'BEGIN { print a + b }')
+results=$work/results.tsv
+: >"$results"
+failed=0
+
+# One measurement: server kind, sync, concurrency, round -> a line in $results.
+measure() {
+  local kind=$1 sync=$2 conc=$3 round=$4
+  local log=$work/$kind-$sync-$conc-$round.log out=$work/$kind-$sync-$conc-$round.json
+  start "$kind" "$sync" "$log"
+  "$bin" load --url "http://$addr/v1/execute" --duration "$duration" --warmup "$warmup" \
+    --concurrency "$conc" --scenario "$scenario" --threads "$load_threads" --json --quiet \
+    >"$out" &
+  local load_pid=$!
+  # The server's CPU is read when measuring starts and when it ends.
+  sleep "$warm_s"
+  local cpu0 cpu1 rss status=0
+  cpu0=$(cpu_ticks "$server_pid")
+  wait "$load_pid" || status=$?
+  cpu1=$(cpu_ticks "$server_pid")
+  rss=$(peak_rss_mb "$server_pid")
+  stop
+  rm -f "$log"
+  if [ "$status" != 0 ] || [ ! -s "$out" ]; then
+    echo "bench: load against the $kind failed (exit $status):" >&2
+    cat "$out" >&2 || true
+    failed=1
+    return 0
+  fi
+  local ok fail rps p50 p99 load_cpu cpu_us load_cores
+  ok=$(jnum ok "$out")
+  fail=$(jnum fail "$out")
+  rps=$(jnum throughput_rps "$out")
+  p50=$(jnum p50 "$out")
+  p99=$(jnum p99 "$out")
+  load_cpu=$(jnum load_cpu_s "$out")
+  cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$ok" 'BEGIN { printf "%.1f", (n > 0 ? t * 10000 / n : 0) }')
+  load_cores=$(awk -v c="$load_cpu" -v s="$total_s" 'BEGIN { printf "%.2f", (c == "null" ? 0 : c / s) }')
+  [ "$fail" = 0 ] || failed=1
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$sync" "$conc" "$round" "$kind" "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$load_cores" "$fail" \
+    >>"$results"
+}
+
+echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); load: $scenario," \
+  "$duration after $warmup warm-up, $load_threads load thread(s), $rounds round(s)" >&2
+for sync in $syncs; do
+  for conc in $concurrency; do
+    for round in $(seq 1 "$rounds"); do
+      echo "bench: sync=$sync concurrency=$conc round $round: ceiling, then gate" >&2
+      measure ceiling "$sync" "$conc" "$round"
+      measure gate "$sync" "$conc" "$round"
+    done
+  done
+done
+
+# The table: every measurement, the ratio to its round's ceiling, then medians when repeated.
+awk -F'\t' -v rounds="$rounds" '
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  BEGIN {
+    printf "%-6s %5s %5s %-7s %9s %7s %7s %11s %7s %10s %5s %7s\n", "sync", "conc", "round", "server",
+      "req/s", "p50 ms", "p99 ms", "cpu us/req", "RSS MB", "load cores", "FAIL", "ratio"
+  }
+  {
+    key = $1 SUBSEP $2
+    if ($4 == "ceiling") ceil[key, $3] = $5
+    ratio = ($4 == "gate" && ceil[key, $3] > 0) ? sprintf("%.2f", $5 / ceil[key, $3]) : ""
+    printf "%-6s %5s %5s %-7s %9.0f %7.3f %7.3f %11s %7s %10s %5s %7s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ratio
+    rps[key, $4] = rps[key, $4] " " $5
+    p99s[key, $4] = p99s[key, $4] " " $7
+    if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+  }
+  END {
+    if (rounds > 1) {
+      printf "\nmedians over %d rounds\n", rounds
+      printf "%-6s %5s %12s %12s %7s %12s\n", "sync", "conc", "ceiling req/s", "gate req/s", "ratio", "gate p99 ms"
+      for (i = 1; i <= n; i++) {
+        split(order[i], k, SUBSEP)
+        c = median(rps[order[i], "ceiling"]); g = median(rps[order[i], "gate"])
+        printf "%-6s %5s %12.0f %12.0f %7.2f %12.3f\n", k[1], k[2], c, g, (c > 0 ? g / c : 0), median(p99s[order[i], "gate"])
+        gate[k[1], k[2]] = g
+      }
+    } else {
+      for (i = 1; i <= n; i++) { split(order[i], k, SUBSEP); gate[k[1], k[2]] = median(rps[order[i], "gate"]) }
+    }
+    for (i = 1; i <= n; i++) {
+      split(order[i], k, SUBSEP)
+      if (k[1] == "always" && gate["never", k[2]] > 0)
+        printf "gate always/never at concurrency %s: %.2f\n", k[2], gate["always", k[2]] / gate["never", k[2]]
+    }
+  }' "$results"
+
+if [ "$failed" != 0 ]; then
+  echo "bench: some answers FAILed or a load run failed (see above)" >&2
+  exit 1
+fi
