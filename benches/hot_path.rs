@@ -21,6 +21,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+// The gate binary's allocator, so allocation costs are the ones the gate pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ecl_gate::audit::{AuditLog, AuditSettings, SyncMode};
 use ecl_gate::canonical::{self, Value};
