@@ -204,11 +204,36 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether any of the 8 bytes in `word` is `"`, `\\` or below 0x20 (exact: no false positives,
+/// the classic "has zero byte" / "has byte less than" bit tricks).
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (below_space
+        | has_zero(word ^ (ONES * u64::from(b'"')))
+        | has_zero(word ^ (ONES * u64::from(b'\\'))))
+        != 0
+}
+
 fn write_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Most strings (hashes, ids, prose) need no escaping: skip them 8 bytes at a time.
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !word_needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        i += 1;
         let escape: Option<&[u8]> = match b {
             b'"' => Some(b"\\\""),
             b'\\' => Some(b"\\\\"),
@@ -220,7 +245,7 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
             0x00..=0x1f => None,
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(&bytes[start..i - 1]);
         match escape {
             Some(e) => out.extend_from_slice(e),
             None => {
@@ -230,7 +255,7 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
                 out.push(HEX[usize::from(b & 0xf)]);
             }
         }
-        start = i + 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -556,6 +581,64 @@ mod tests {
         for len in [0, 10, 100_000] {
             let v = Value::object([("s", "x".repeat(len).into())]);
             assert_eq!(hash(&v), sha256_prefixed(&to_canonical(&v)));
+        }
+    }
+
+    #[test]
+    // The 8-byte skip must find every byte that needs escaping, at every position in a word.
+    fn word_skip_finds_every_escape_at_every_offset() {
+        let reference = |s: &str| {
+            let mut out = vec![b'"'];
+            for c in s.chars() {
+                match c {
+                    '"' => out.extend_from_slice(b"\\\""),
+                    '\\' => out.extend_from_slice(b"\\\\"),
+                    '\n' => out.extend_from_slice(b"\\n"),
+                    '\r' => out.extend_from_slice(b"\\r"),
+                    '\t' => out.extend_from_slice(b"\\t"),
+                    '\u{8}' => out.extend_from_slice(b"\\b"),
+                    '\u{c}' => out.extend_from_slice(b"\\f"),
+                    c if (c as u32) < 0x20 => {
+                        out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+                    }
+                    c => out.extend_from_slice(c.to_string().as_bytes()),
+                }
+            }
+            out.push(b'"');
+            out
+        };
+        for b in (0u8..0x80).chain([0xc3]) {
+            let special = if b == 0xc3 {
+                "é".to_owned()
+            } else {
+                char::from(b).to_string()
+            };
+            for len in 0..20 {
+                for at in 0..=len {
+                    let mut s = "a".repeat(len);
+                    s.insert_str(at, &special);
+                    let mut out = Vec::new();
+                    write_string(&s, &mut out);
+                    assert_eq!(out, reference(&s), "{s:?}");
+                }
+            }
+        }
+        let mut words = vec![0u64, u64::MAX, 0x2020_2020_2020_2020, 0x7f7f_7f7f_7f7f_7f7f];
+        for filler in [0x61u8, 0x20, 0x80, 0xa2, 0xdc, 0xff] {
+            for b in 0..=255u8 {
+                for at in 0..8 {
+                    let mut bytes = [filler; 8];
+                    bytes[at] = b;
+                    words.push(u64::from_le_bytes(bytes));
+                }
+            }
+        }
+        for word in words {
+            let needs = word
+                .to_le_bytes()
+                .iter()
+                .any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            assert_eq!(word_needs_escape(word), needs, "{word:#x}");
         }
     }
 
