@@ -398,19 +398,46 @@ pub fn prefixed(digest: &[u8]) -> String {
 
 /// `hash(v)` of SPEC §3: the prefixed SHA-256 of the canonical bytes.
 pub fn hash(value: &Value) -> String {
+    hash_written(|out| write_canonical(value, out))
+}
+
+/// `hash` of the object `members` without the top-level members named in `omit`: what
+/// cloning the object, removing them and hashing gives, without the clone.
+pub fn hash_without(members: &Map, omit: &[&str]) -> String {
+    hash_written(|out| {
+        out.push(b'{');
+        let mut first = true;
+        for (key, value) in members.iter().filter(|(k, _)| !omit.contains(&k.as_str())) {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            write_string(key, out);
+            out.push(b':');
+            write_canonical(value, out);
+        }
+        out.push(b'}');
+    })
+}
+
+/// The prefixed SHA-256 of the bytes `write` produces.
+fn hash_written(write: impl Fn(&mut Vec<u8>)) -> String {
     // Several hashes per request: serializing into a reused buffer saves an allocation and
     // its regrowths each time. A nested call (none exists) would just allocate.
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
-            write_canonical(value, &mut buf);
+            write(&mut buf);
             let hash = sha256_prefixed(&buf);
             if buf.capacity() > MAX_KEPT_SCRATCH {
                 *buf = Vec::new();
             }
             hash
         }
-        Err(_) => sha256_prefixed(&to_canonical(value)),
+        Err(_) => {
+            let mut buf = Vec::with_capacity(1024);
+            write(&mut buf);
+            sha256_prefixed(&buf)
+        }
     })
 }
 
@@ -573,6 +600,34 @@ mod tests {
         let mut out = Vec::new();
         ObjectWriter::new(&mut out).finish();
         assert_eq!(out, b"{}");
+    }
+
+    #[test]
+    fn hash_without_equals_hash_of_the_object_minus_those_members() {
+        let object = Value::object([
+            ("a", 1i64.into()),
+            ("controls", Value::object([("x", Value::Null)])),
+            ("m", "é\"".into()),
+            ("submitted_at", Value::Null),
+            ("z", Value::Array(vec![true.into()])),
+        ]);
+        let Value::Object(members) = &object else {
+            unreachable!()
+        };
+        for omit in [
+            &[][..],
+            &["controls"][..],
+            &["controls", "submitted_at"][..],
+            &["a", "m", "z", "controls", "submitted_at", "absent"][..],
+        ] {
+            let mut expected = members.clone();
+            expected.retain(|k, _| !omit.contains(&k.as_str()));
+            assert_eq!(
+                hash_without(members, omit),
+                hash(&Value::Object(expected)),
+                "{omit:?}"
+            );
+        }
     }
 
     #[test]
