@@ -37,20 +37,20 @@ where
     }
     let collect = async {
         let mut body = std::pin::pin!(body);
-        let mut buf = BytesMut::with_capacity(declared.map_or(4096, |n| n as usize));
+        let mut read = Read::Nothing;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|err| BodyFailure {
                 reason: ReasonCode::RequestParseError,
                 detail: format!("request body could not be read: {err}"),
             })?;
             if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
+                if read.len() + data.len() > limit {
                     return Err(too_large());
                 }
-                buf.extend_from_slice(&data);
+                read = read.push(data, declared);
             }
         }
-        Ok(buf.freeze())
+        Ok(read.into_bytes())
     };
     tokio::time::timeout(timeout, collect)
         .await
@@ -63,4 +63,96 @@ where
                 ),
             })
         })
+}
+
+/// The body so far. A body that arrives in one frame, the usual case for a request of a few
+/// hundred bytes, is kept as that frame: no copy, no buffer.
+enum Read {
+    Nothing,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Read {
+    fn len(&self) -> usize {
+        match self {
+            Read::Nothing => 0,
+            Read::One(bytes) => bytes.len(),
+            Read::Many(buf) => buf.len(),
+        }
+    }
+
+    fn push(self, data: Bytes, declared: Option<u64>) -> Read {
+        match self {
+            Read::Nothing => Read::One(data),
+            Read::One(first) => {
+                let capacity = declared
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(0)
+                    .max(first.len() + data.len());
+                let mut buf = BytesMut::with_capacity(capacity);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                Read::Many(buf)
+            }
+            Read::Many(mut buf) => {
+                buf.extend_from_slice(&data);
+                Read::Many(buf)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Read::Nothing => Bytes::new(),
+            Read::One(bytes) => bytes,
+            Read::Many(buf) => buf.freeze(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    use super::*;
+
+    fn frames(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = Infallible> {
+        StreamBody::new(futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from_static(p.as_bytes()))))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    async fn read(parts: &[&'static str], limit: usize) -> Result<Bytes, BodyFailure> {
+        read_body(frames(parts), None, limit, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn bodies_in_any_number_of_frames_read_whole() {
+        assert_eq!(read(&[], 10).await.unwrap(), "");
+        assert_eq!(read(&["abc"], 10).await.unwrap(), "abc");
+        assert_eq!(read(&["ab", "", "c"], 10).await.unwrap(), "abc");
+        assert_eq!(read(&["a", "b", "c", "defg"], 10).await.unwrap(), "abcdefg");
+        assert_eq!(read(&["abcde", "fghij"], 10).await.unwrap(), "abcdefghij");
+    }
+
+    #[tokio::test]
+    async fn the_limit_holds_for_one_frame_and_for_many() {
+        for parts in [
+            &["abcdefghijk"][..],
+            &["abcdef", "ghijk"][..],
+            &["a"; 11][..],
+        ] {
+            let failure = read(parts, 10).await.unwrap_err();
+            assert_eq!(failure.reason, ReasonCode::RequestTooLarge, "{parts:?}");
+        }
+        let declared = read_body(frames(&["a"]), Some(11), 10, Duration::from_secs(5)).await;
+        assert_eq!(declared.unwrap_err().reason, ReasonCode::RequestTooLarge);
+    }
 }
