@@ -135,6 +135,9 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<ExitCode> {
         allow_remote: args.allow_remote,
     };
 
+    if let Err(err) = load::check_url(&options.url, options.allow_remote) {
+        return usage(err.to_string());
+    }
     if !args.quiet {
         eprintln!(
             "ecl-gate load: {} with {} connection(s), {}{}",

@@ -13,4 +13,4 @@ mod run;
 
 pub use body::{Scenario, Template, Workload};
 pub use check::{check_full, Checked, Checker};
-pub use run::{run, Latency, Limit, LoadError, Options, Progress, Report};
+pub use run::{check_url, run, Latency, Limit, LoadError, Options, Progress, Report};

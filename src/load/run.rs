@@ -185,6 +185,11 @@ fn target(url: &str, allow_remote: bool) -> Result<Target, LoadError> {
     })
 }
 
+/// Checks that `url` is one [`run`] accepts, without connecting.
+pub fn check_url(url: &str, allow_remote: bool) -> Result<(), LoadError> {
+    target(url, allow_remote).map(|_| ())
+}
+
 /// Shared by every thread; written only through relaxed counters.
 struct Shared {
     target: Target,
@@ -705,6 +710,127 @@ mod tests {
             target("nonsense", false),
             Err(LoadError::Usage(_))
         ));
+    }
+
+    /// The real gate on 127.0.0.1:0 with the shipped profiles, in a runtime of its own.
+    fn start_gate(
+        dir: &std::path::Path,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        use crate::audit::{AuditLog, AuditSettings, SyncMode};
+        use crate::config::RawConfig;
+        use crate::profile::ProfileStore;
+        use crate::server::{Gate, Server};
+
+        let config = RawConfig {
+            listen: "127.0.0.1:0".into(),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap();
+        let audit = AuditLog::open(AuditSettings {
+            path: dir.join("audit.log"),
+            sync: SyncMode::Never,
+            sync_interval: Duration::from_millis(100),
+            queue_capacity: 1024,
+        })
+        .unwrap();
+        let profiles = ProfileStore::new(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound, addr) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let gate = Gate::new(&config, profiles, audit);
+                let server = Server::bind(config.listen, gate).await.unwrap();
+                bound.send(server.local_addr().unwrap()).unwrap();
+                server
+                    .run(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        (addr.recv().unwrap(), stop, thread)
+    }
+
+    #[test]
+    // End to end against the real gate: every request a distinct, audited, expected decision.
+    fn a_mixed_run_against_the_gate_is_all_ok_with_distinct_request_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, stop, thread) = start_gate(dir.path());
+        let options = Options {
+            url: format!("http://{addr}"),
+            limit: Limit::Requests(300),
+            concurrency: 6,
+            threads: 2,
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(10),
+            workload: Workload {
+                name: "mixed".into(),
+                templates: super::super::Scenario::Mixed.templates().unwrap(),
+            },
+            allow_remote: false,
+        };
+        let mut progress_calls = 0;
+        let report = run(&options, |_| progress_calls += 1).unwrap();
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+
+        assert_eq!((report.ok, report.fail, report.requests), (300, 0, 300));
+        // Each connection alternates allow and deny; the split over connections is near even.
+        let (allow, deny) = (report.decisions["ALLOW"], report.decisions["DENY"]);
+        assert_eq!(allow + deny, 300);
+        assert!(allow >= 140 && deny >= 140, "{allow} ALLOW, {deny} DENY");
+        assert_eq!(report.reasons["ALLOW OK"], allow);
+        assert_eq!(report.reasons["DENY CONSTRAINT_VIOLATION"], deny);
+        assert_eq!(report.unexpected, 0);
+        assert!(report.throughput_rps > 0.0);
+        assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.p50 <= report.latency_ms.max);
+
+        let log = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let ids: std::collections::HashSet<String> = log
+            .lines()
+            .map(|line| {
+                let record = crate::canonical::parse(line.as_bytes()).unwrap();
+                record["request_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids.len(), 300, "every request has its own request_id");
+    }
+
+    #[test]
+    fn nothing_listening_is_a_connect_error() {
+        // Bind and drop a listener to find a port that refuses connections.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = Options {
+            url: format!("http://127.0.0.1:{port}/v1/execute"),
+            limit: Limit::Requests(1),
+            concurrency: 1,
+            threads: 1,
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(2),
+            workload: Workload {
+                name: "allow".into(),
+                templates: super::super::Scenario::Allow.templates().unwrap(),
+            },
+            allow_remote: false,
+        };
+        match run(&options, |_| {}) {
+            Err(LoadError::Connect { hint, .. }) => assert!(hint.contains("running")),
+            other => panic!("expected a connect error, got {other:?}"),
+        }
     }
 
     #[test]
