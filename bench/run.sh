@@ -10,7 +10,8 @@
 #                                               answer FAILs; no thresholds
 #
 # More knobs: BENCH_CONCURRENCY ("64 256"), BENCH_SYNC ("never always"), BENCH_SCENARIO (allow),
-# BENCH_LOAD_THREADS (1), BENCH_KEEP=1 keeps the work directory (logs, JSON reports).
+# BENCH_LOAD_THREADS (1), BENCH_GATE_BIN (another ecl-gate build to measure instead of this
+# tree's), BENCH_KEEP=1 keeps the work directory (logs, JSON reports).
 #
 # Columns: req/s = OK decisions per second over the measured window; p50/p99 latency in ms as
 # the load generator sees it; cpu us/req = the server's CPU time (user+sys, all threads) in the
@@ -44,6 +45,9 @@ else
 fi
 bin=target/$profile/ecl-gate
 ceiling=target/$profile/examples/ceiling
+# The gate under test; another build (say, before a change) can be compared against the same
+# ceiling and load generator.
+gate_bin=${BENCH_GATE_BIN:-$bin}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ecl-bench.XXXXXX")
 server_pid=
@@ -80,7 +84,7 @@ start() {
   else
     NO_COLOR=1 ECL_LISTEN=127.0.0.1:0 ECL_ADMIN_LISTEN=127.0.0.1:0 ECL_AUDIT__SYNC="$sync" \
       ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL=info \
-      "$bin" serve 2>"$err" &
+      "$gate_bin" serve 2>"$err" &
   fi
   server_pid=$!
   addr=
