@@ -1,5 +1,5 @@
-//! Is an answer a well-formed decision (SPEC §5)? A fast check for every answer, a full one
-//! for a sample.
+//! Is an answer a well-formed decision (SPEC §5)? A fast check for every answer; a full parse for
+//! a sample and for whatever the fast check cannot read (another implementation's layout).
 
 use memchr::memmem::FinderRev;
 
@@ -85,8 +85,10 @@ fn is_hex_after(s: &[u8], prefix: &[u8], digits: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
-/// The full check: parses the body and checks every member SPEC §5 requires, with its type.
-pub fn check_full(body: &[u8]) -> Result<(), String> {
+/// The full check: parses the body and checks every member SPEC §5 requires, with its type;
+/// returns the decision type and reason code. Unlike [`Checker::check`] it accepts any JSON
+/// layout (whitespace, member order), so a decision from another implementation passes too.
+pub fn check_full(body: &[u8]) -> Result<(DecisionType, String), String> {
     let value = canonical::parse(body).map_err(|err| format!("not JSON ({err})"))?;
     let Value::Object(members) = &value else {
         return Err("not a JSON object".to_owned());
@@ -116,9 +118,12 @@ pub fn check_full(body: &[u8]) -> Result<(), String> {
         }
     };
     let decision_type = value["decision_type"].as_str().unwrap_or_default();
-    if !["ALLOW", "DENY", "ESCALATE"].contains(&decision_type) {
-        return Err("`decision_type` is not ALLOW, DENY or ESCALATE".to_owned());
-    }
+    let kind = match decision_type {
+        "ALLOW" => DecisionType::Allow,
+        "DENY" => DecisionType::Deny,
+        "ESCALATE" => DecisionType::Escalate,
+        _ => return Err("`decision_type` is not ALLOW, DENY or ESCALATE".to_owned()),
+    };
     let text = |name: &str| value[name].as_str().unwrap_or_default().as_bytes();
     let reason = text("reason_code");
     if reason.is_empty() || !reason.iter().all(|b| b.is_ascii_uppercase() || *b == b'_') {
@@ -153,7 +158,7 @@ pub fn check_full(body: &[u8]) -> Result<(), String> {
             &["intent_hash", "required", "rules"],
         )?;
     }
-    Ok(())
+    Ok((kind, String::from_utf8_lossy(reason).into_owned()))
 }
 
 #[cfg(test)]
@@ -176,7 +181,22 @@ mod tests {
         // The `decision_type` inside tool_args is not the decision's.
         assert_eq!(checked.decision_type, DecisionType::Allow);
         assert_eq!(checked.reason, "OK");
-        check_full(ALLOW.as_bytes()).unwrap();
+        let (kind, reason) = check_full(ALLOW.as_bytes()).unwrap();
+        assert_eq!((kind, reason.as_str()), (DecisionType::Allow, "OK"));
+    }
+
+    #[test]
+    // Another implementation's layout (spaces, any member order) fails the fast check only.
+    fn the_full_check_accepts_any_layout() {
+        let value = crate::canonical::parse(ALLOW.as_bytes()).unwrap();
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_slice::<serde_json::Value>(ALLOW.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert!(Checker::default().check(pretty.as_bytes()).is_err());
+        let (kind, reason) = check_full(pretty.as_bytes()).unwrap();
+        assert_eq!((kind, reason.as_str()), (DecisionType::Allow, "OK"));
+        assert_eq!(crate::canonical::parse(pretty.as_bytes()).unwrap(), value);
     }
 
     #[test]
