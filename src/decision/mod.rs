@@ -31,7 +31,7 @@ impl Runtime {
         Runtime {
             name: "ecl-gate",
             version: env!("CARGO_PKG_VERSION"),
-            build: match option_env!("ECL_GATE_BUILD") {
+            build: match option_env!("GATE_BUILD_REVISION") {
                 Some(build) => build,
                 None => "local",
             },
