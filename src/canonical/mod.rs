@@ -134,6 +134,14 @@ impl Value {
         self.as_object().and_then(|m| m.get(key))
     }
 
+    /// An integer member as `i64`, if it is one and fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }

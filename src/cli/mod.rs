@@ -3,9 +3,12 @@
 //! Exit codes: 0 success; 1 the command ran and found a problem (a broken chain, an invalid
 //! profile, a bad input); 2 usage errors (from clap); 3 the configuration is invalid.
 
+mod approve;
 mod audit;
+mod decide;
 mod hash;
 mod profiles;
+mod replay;
 mod serve;
 
 use std::path::PathBuf;
@@ -43,6 +46,60 @@ enum Command {
         /// JSON file; standard input when absent or `-`
         file: Option<PathBuf>,
     },
+    /// Print the decision the gate would give for a request, without auditing it
+    Decide {
+        /// The request (JSON)
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+        /// Profiles root; default: the configured `profiles_root`
+        #[arg(long, value_name = "ROOT")]
+        profiles: Option<PathBuf>,
+        /// Exit 1 unless the decision is this one: ALLOW, DENY or ESCALATE
+        #[arg(long, value_name = "TYPE")]
+        expect: Option<String>,
+    },
+    /// Re-decide every request recorded in audit logs (needs `audit.include_request`)
+    Replay {
+        #[arg(required = true, value_name = "AUDIT_FILE")]
+        files: Vec<PathBuf>,
+        /// Profiles root; default: the configured `profiles_root`
+        #[arg(long, value_name = "ROOT")]
+        profiles: Option<PathBuf>,
+    },
+    /// Create an Ed25519 approver key pair: DIR/<kid>.key (0600) and DIR/<kid>.pub
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Key id; default: derived from the public key
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Sign an approval token for one request's intent
+    Approve {
+        /// The approver's private key (PKCS#8 PEM, as written by `keygen`)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Key id in the token header; default: derived from the key
+        #[arg(long)]
+        kid: Option<String>,
+        /// The `escalation.intent_hash` to approve
+        #[arg(
+            long,
+            value_name = "HASH",
+            conflicts_with = "request",
+            required_unless_present = "request"
+        )]
+        intent_hash: Option<String>,
+        /// A request file, or a saved ESCALATE decision, whose intent to approve
+        #[arg(long, value_name = "FILE")]
+        request: Option<PathBuf>,
+        /// How long the approval stays valid, e.g. 15m (at most the gate's approvals.max_ttl)
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Who approves (`iss`); default: $USER
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
+    },
     /// Audit log tools
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -62,6 +119,28 @@ pub fn run() -> ExitCode {
         Command::Hash { file } => hash::hash(file.as_deref()),
         Command::Canonicalize { file } => hash::canonicalize(file.as_deref()),
         Command::Audit(command) => audit::run(command),
+        Command::Decide {
+            request,
+            profiles,
+            expect,
+        } => decide::run(&request, profiles, expect.as_deref(), config),
+        Command::Replay { files, profiles } => replay::run(&files, profiles, config),
+        Command::Keygen { out, kid } => approve::keygen(&out, kid.as_deref()),
+        Command::Approve {
+            key,
+            kid,
+            intent_hash,
+            request,
+            ttl,
+            approver,
+        } => approve::approve(approve::ApproveArgs {
+            key,
+            kid,
+            intent_hash,
+            request,
+            ttl,
+            approver,
+        }),
         Command::Profiles(command) => profiles::run(command, config),
     };
     match result {

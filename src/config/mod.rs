@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::approval::{parse_public_key, Approvals};
 use crate::audit::SyncMode;
 
 /// Where the TOML file is looked for when neither `--config` nor `ECL_CONFIG` names one.
@@ -48,7 +49,26 @@ pub struct RawConfig {
     pub max_body_bytes: u64,
     pub body_timeout_ms: u64,
     pub audit: RawAudit,
+    pub approvals: RawApprovals,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    pub max_ttl: String,
+    pub clock_skew: String,
+    pub keys: std::collections::BTreeMap<String, RawApproverKey>,
+}
+
+/// One approver key: inline (`public_key`) or from a file (`file`), exactly one of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproverKey {
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +102,11 @@ impl Default for RawConfig {
                 sync_interval_ms: 100,
                 include_request: false,
             },
+            approvals: RawApprovals {
+                max_ttl: "1h".into(),
+                clock_skew: "30s".into(),
+                keys: Default::default(),
+            },
             log: RawLog {
                 level: "info".into(),
                 format: "pretty".into(),
@@ -113,6 +138,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub audit: AuditConfig,
+    pub approvals: Approvals,
     pub log: LogConfig,
 }
 
@@ -246,7 +272,9 @@ impl RawConfig {
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("`{}`: {err}", self.log.level)));
         }
+        let approvals = self.approvals.validate()?;
         Ok(Config {
+            approvals,
             listen,
             admin_listen,
             mode,
@@ -265,6 +293,51 @@ impl RawConfig {
             },
         })
     }
+}
+
+impl RawApprovals {
+    fn validate(self) -> Result<Approvals, ConfigError> {
+        let max_ttl = parse_duration("approvals.max_ttl", &self.max_ttl)?;
+        let clock_skew = parse_duration("approvals.clock_skew", &self.clock_skew)?;
+        if max_ttl.as_secs() == 0 {
+            return Err(invalid("approvals.max_ttl", "must be at least 1s"));
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        for (kid, key) in self.keys {
+            let text = match (key.public_key, key.file) {
+                (Some(text), None) => text,
+                (None, Some(file)) => std::fs::read_to_string(&file).map_err(|err| {
+                    invalid(
+                        "approvals.keys",
+                        format!("`{kid}`: cannot read `{}`: {err}", file.display()),
+                    )
+                })?,
+                _ => {
+                    return Err(invalid(
+                        "approvals.keys",
+                        format!("`{kid}` needs exactly one of `public_key` and `file`"),
+                    ))
+                }
+            };
+            let key = parse_public_key(&text)
+                .map_err(|err| invalid("approvals.keys", format!("`{kid}`: {err}")))?;
+            keys.insert(kid, key);
+        }
+        Ok(Approvals {
+            keys,
+            max_ttl,
+            clock_skew,
+        })
+    }
+}
+
+fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|err| {
+        invalid(
+            key,
+            format!("`{value}` is not a duration like `15m`: {err}"),
+        )
+    })
 }
 
 fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {

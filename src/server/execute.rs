@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -112,8 +112,11 @@ async fn decide_and_record(
     body: &Result<Bytes, super::body::BodyFailure>,
     received: SystemTime,
 ) -> Response<Full<Bytes>> {
+    // The decision time, at the precision the audit record keeps, so a replay at the recorded
+    // `decided_at` sees exactly the instant this decision saw.
+    let now = to_micros(SystemTime::now());
     let decision = match body {
-        Ok(bytes) => decide_body(gate, bytes),
+        Ok(bytes) => decide_body(gate, bytes, now),
         Err(failure) => {
             let rejection = Rejection {
                 reason: failure.reason,
@@ -123,17 +126,16 @@ async fn decide_and_record(
                 profile: None,
                 detail: failure.detail.clone(),
             };
-            (gate.decide)(Attempt::Rejected(&rejection), &gate.runtime, received)
+            (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now)
         }
     };
-    record_and_respond(gate, decision, received, SystemTime::now()).await
+    record_and_respond(gate, decision, received, now).await
 }
 
 /// Steps 2–9: decode, look the profile up, decide.
-fn decide_body(gate: &Gate, bytes: &[u8]) -> Decision {
-    let now = SystemTime::now();
+fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
     match request::decode(bytes) {
-        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.runtime, now),
+        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now),
         Ok(request) => {
             let profile = gate
                 .profiles
@@ -143,7 +145,7 @@ fn decide_body(gate: &Gate, bytes: &[u8]) -> Decision {
                     request: &request,
                     profile: &profile,
                 },
-                &gate.runtime,
+                &gate.context,
                 now,
             )
         }
@@ -158,7 +160,7 @@ fn internal_error(gate: &Gate, body: Option<&Bytes>) -> Decision {
         None,
         None,
         no_profile_hash(),
-        &gate.runtime,
+        &gate.context.runtime,
         Some("internal error".to_owned()),
     )
 }
@@ -216,6 +218,11 @@ fn respond(status: StatusCode, body: &canonical::Value) -> Response<Full<Bytes>>
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn to_micros(t: SystemTime) -> SystemTime {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn rfc3339(t: SystemTime) -> String {

@@ -5,16 +5,16 @@ use std::time::{Duration, SystemTime};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::decision::{self, Attempt, Decision, Runtime};
+use crate::decision::{self, Attempt, Context, Decision};
 use crate::profile::ProfileStore;
 
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
-pub type DecideFn = fn(Attempt<'_>, &Runtime, SystemTime) -> Decision;
+pub type DecideFn = fn(Attempt<'_>, &Context, SystemTime) -> Decision;
 
 pub struct Gate {
     pub profiles: ProfileStore,
     pub audit: AuditLog,
-    pub runtime: Runtime,
+    pub context: Context,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub include_request: bool,
@@ -26,7 +26,7 @@ impl Gate {
         Arc::new(Gate {
             profiles,
             audit,
-            runtime: Runtime::current(),
+            context: Context::new(config.approvals.clone()),
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             include_request: config.audit.include_request,
