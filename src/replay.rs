@@ -4,10 +4,11 @@
 //! profiles and the approver keys, every decision comes back identical. Reads profiles through
 //! the store; never writes anything.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use crate::canonical::{self, Value};
-use crate::decision::{decide, provenance_id, Attempt, Context, Timestamps};
+use crate::decision::{decide, provenance_id, Attempt, Context, DecisionType, Timestamps};
 use crate::profile::ProfileStore;
 use crate::request;
 
@@ -50,14 +51,17 @@ pub struct Replayer<'a> {
     pub profiles: &'a ProfileStore,
     pub context: &'a Context,
     pub report: ReplayReport,
+    /// With `approvals.single_use`, the approvals spent so far in the replayed log.
+    spent: Option<HashSet<(String, String)>>,
 }
 
 impl<'a> Replayer<'a> {
-    pub fn new(profiles: &'a ProfileStore, context: &'a Context) -> Self {
+    pub fn new(profiles: &'a ProfileStore, context: &'a Context, single_use: bool) -> Self {
         Replayer {
             profiles,
             context,
             report: ReplayReport::default(),
+            spent: single_use.then(HashSet::new),
         }
     }
 
@@ -103,7 +107,13 @@ impl<'a> Replayer<'a> {
                 .unwrap_or_default()
                 .to_owned(),
         };
-        let replayed = self.decide_at(stored, decided_at);
+        let mut replayed = self.decide_at(stored, decided_at);
+        if let (Some(spent), Some(approval)) = (&mut self.spent, &replayed.approval) {
+            let fresh = spent.insert((approval.kid.clone(), approval.jti.clone()));
+            if !fresh && replayed.decision_type == DecisionType::Allow {
+                replayed = replayed.approval_already_used();
+            }
+        }
         let replayed = replayed.audit_record(&timestamps, true);
 
         let id = record["profile_id"].as_str().unwrap_or_default();

@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 
 use crate::canonical::{self, Map, Value};
 
+mod used;
+
+pub use used::{Spend, UsedTokens};
+
 /// Tokens longer than this are refused unread: a real one is a few hundred bytes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 

@@ -22,7 +22,7 @@ pub fn run(
     let config = Config::load(config)?;
     let store = ProfileStore::new(profiles.unwrap_or(config.profiles_root));
     let context = Context::new(config.approvals);
-    let mut replayer = Replayer::new(&store, &context);
+    let mut replayer = Replayer::new(&store, &context, config.single_use_ledger.is_some());
     for file in files {
         let reader = std::io::BufReader::new(
             std::fs::File::open(file)

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::approval::UsedTokens;
 use crate::audit::{expand_path, AuditLog, AuditSettings};
 use crate::config::{Config, LogFormat};
 use crate::profile::{is_valid_ref, ProfileStore};
@@ -48,8 +49,14 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let gate = Gate::new(&config, profiles, audit);
-        let server = Server::bind(config.listen, gate)
+        let mut gate = Gate::new(&config, profiles, audit);
+        if let Some(path) = &config.single_use_ledger {
+            let ledger = UsedTokens::open(path).with_context(|| {
+                format!("cannot open the single-use ledger `{}`", path.display())
+            })?;
+            gate.used_tokens = Some(std::sync::Arc::new(ledger));
+        }
+        let server = Server::bind(config.listen, std::sync::Arc::new(gate))
             .await
             .with_context(|| format!("cannot listen on `{}`", config.listen))?;
         let addr = server.local_addr()?;

@@ -58,6 +58,8 @@ pub struct RawConfig {
 pub struct RawApprovals {
     pub max_ttl: String,
     pub clock_skew: String,
+    pub single_use: bool,
+    pub used_path: PathBuf,
     pub keys: std::collections::BTreeMap<String, RawApproverKey>,
 }
 
@@ -105,6 +107,8 @@ impl Default for RawConfig {
             approvals: RawApprovals {
                 max_ttl: "1h".into(),
                 clock_skew: "30s".into(),
+                single_use: false,
+                used_path: "audit/used-approvals.jsonl".into(),
                 keys: Default::default(),
             },
             log: RawLog {
@@ -139,6 +143,8 @@ pub struct Config {
     pub body_timeout: Duration,
     pub audit: AuditConfig,
     pub approvals: Approvals,
+    /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
+    pub single_use_ledger: Option<PathBuf>,
     pub log: LogConfig,
 }
 
@@ -272,9 +278,18 @@ impl RawConfig {
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("`{}`: {err}", self.log.level)));
         }
+        let single_use_ledger = if self.approvals.single_use {
+            if self.approvals.used_path.as_os_str().is_empty() {
+                return Err(invalid("approvals.used_path", "must not be empty"));
+            }
+            Some(self.approvals.used_path.clone())
+        } else {
+            None
+        };
         let approvals = self.approvals.validate()?;
         Ok(Config {
             approvals,
+            single_use_ledger,
             listen,
             admin_listen,
             mode,

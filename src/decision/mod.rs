@@ -127,15 +127,19 @@ pub fn provenance_id(profile_ref_hash: &str, request_hash: &str, runtime: &Runti
 pub fn decide(attempt: Attempt<'_>, context: &Context, now: SystemTime) -> Decision {
     let runtime = &context.runtime;
     match attempt {
-        Attempt::Rejected(rejection) => Decision::deny(
-            rejection.reason,
-            rejection.request_hash.clone(),
-            rejection.request_id.clone(),
-            rejection.profile.clone(),
-            no_profile_hash(),
-            runtime,
-            Some(rejection.detail.clone()),
-        ),
+        Attempt::Rejected(rejection) => {
+            let mut decision = Decision::deny(
+                rejection.reason,
+                rejection.request_hash.clone(),
+                rejection.request_id.clone(),
+                rejection.profile.clone(),
+                no_profile_hash(),
+                runtime,
+                Some(rejection.detail.clone()),
+            );
+            decision.normalized_request = rejection.normalized.clone();
+            decision
+        }
         Attempt::Request { request, profile } => evaluate(request, profile, context, now),
     }
 }
@@ -292,6 +296,16 @@ impl Decision {
             detail: Some(detail.to_owned()),
             ..self.clone()
         }
+    }
+
+    /// The same decision after its approval turned out to be spent already
+    /// (`approvals.single_use`).
+    pub fn approval_already_used(&self) -> Decision {
+        let jti = self.approval.as_ref().map_or("", |a| a.jti.as_str());
+        self.overridden(
+            ReasonCode::ApprovalInvalid,
+            &format!("approval token `{jti}` was already used"),
+        )
     }
 
     /// Everything but the audit block: what must be equal for equal inputs.

@@ -17,6 +17,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
 
+use crate::approval::Spend;
 use crate::canonical;
 use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
 use crate::request::{self, Rejection};
@@ -125,11 +126,37 @@ async fn decide_and_record(
                 request_id: None,
                 profile: None,
                 detail: failure.detail.clone(),
+                normalized: None,
             };
             (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now)
         }
     };
+    let decision = spend_approval(gate, decision, now).await;
     record_and_respond(gate, decision, received, now).await
+}
+
+/// With `approvals.single_use`, an ALLOW that relied on an approval spends it first; a token
+/// spent before turns the ALLOW into a DENY, and a ledger that cannot be written fails closed.
+async fn spend_approval(gate: &Gate, decision: Decision, now: SystemTime) -> Decision {
+    let (Some(ledger), Some(approval)) = (&gate.used_tokens, &decision.approval) else {
+        return decision;
+    };
+    if decision.decision_type != crate::decision::DecisionType::Allow {
+        return decision;
+    }
+    let ledger = std::sync::Arc::clone(ledger);
+    let approval = approval.clone();
+    let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let spent = tokio::task::spawn_blocking(move || ledger.spend(&approval, now_secs)).await;
+    match spent {
+        Ok(Ok(Spend::Fresh)) => decision,
+        Ok(Ok(Spend::AlreadyUsed)) => decision.approval_already_used(),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "single-use ledger could not be written");
+            decision.overridden(ReasonCode::InternalError, "internal error")
+        }
+        Err(_) => decision.overridden(ReasonCode::InternalError, "internal error"),
+    }
 }
 
 /// Steps 2–9: decode, look the profile up, decide.

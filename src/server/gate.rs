@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::approval::UsedTokens;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::decision::{self, Attempt, Context, Decision};
@@ -19,11 +20,13 @@ pub struct Gate {
     pub body_timeout: Duration,
     pub include_request: bool,
     pub decide: DecideFn,
+    /// The single-use ledger, when `approvals.single_use` is on.
+    pub used_tokens: Option<Arc<UsedTokens>>,
 }
 
 impl Gate {
-    pub fn new(config: &Config, profiles: ProfileStore, audit: AuditLog) -> Arc<Gate> {
-        Arc::new(Gate {
+    pub fn new(config: &Config, profiles: ProfileStore, audit: AuditLog) -> Gate {
+        Gate {
             profiles,
             audit,
             context: Context::new(config.approvals.clone()),
@@ -31,6 +34,7 @@ impl Gate {
             body_timeout: config.body_timeout,
             include_request: config.audit.include_request,
             decide: decision::decide,
-        })
+            used_tokens: None,
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! gate over real HTTP on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod approvals;
 mod audit;
 mod cli;
 mod common;
@@ -9,4 +10,5 @@ mod determinism;
 mod execute;
 mod internal;
 mod profiles;
+mod replay;
 mod vectors;
