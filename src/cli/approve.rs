@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, KeypairBytes};
 use ed25519_dalek::SigningKey;
 
 use crate::approval::{key_id, sign, Grant};
@@ -23,9 +23,14 @@ pub fn keygen(out: &Path, kid: Option<&str>) -> anyhow::Result<ExitCode> {
         bail!("kid `{kid}` must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}");
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
-    let private_pem = key
-        .to_pkcs8_pem(Default::default())
-        .context("cannot encode the private key")?;
+    // PKCS#8 v1 (no embedded public key): what OpenSSL and Python's `cryptography` (PyJWT)
+    // read; the v2 form ed25519-dalek writes by default is refused there as "extra data".
+    let private_pem = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .context("cannot encode the private key")?;
     let public_pem = key
         .verifying_key()
         .to_public_key_pem(Default::default())

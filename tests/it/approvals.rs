@@ -31,6 +31,15 @@ fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
         let mode = std::fs::metadata(&private).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "private key must be 0600");
     }
+    // PKCS#8 v1, 48 bytes of DER: the form PyJWT/`cryptography` and OpenSSL read (v2, with the
+    // public key embedded, is refused by `cryptography` as "extra data").
+    let pem = std::fs::read_to_string(&private).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    assert_eq!(der.len(), 48, "PKCS#8 v1 Ed25519 key");
     let public = std::fs::read_to_string(dir.join(format!("{kid}.pub"))).unwrap();
     let approvals = Approvals {
         keys: [(kid.clone(), parse_public_key(&public).unwrap())]
