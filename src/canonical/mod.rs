@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-pub use parse::{parse, ParseError, ParseErrorKind, MAX_DEPTH};
+pub use parse::{parse, ParseError, ParseErrorKind, MAX_DEPTH, MAX_VALUES};
 
 /// Object members, kept sorted by key. `String`'s `Ord` compares UTF-8 bytes, which orders
 /// keys exactly as Unicode code points do, the order the canonical form requires.

@@ -48,6 +48,10 @@ pub struct RawConfig {
     pub profiles_root: PathBuf,
     pub max_body_bytes: u64,
     pub body_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub max_header_bytes: u64,
+    pub max_in_flight: u64,
+    pub max_connections: u64,
     pub audit: RawAudit,
     pub approvals: RawApprovals,
     pub log: RawLog,
@@ -98,6 +102,10 @@ impl Default for RawConfig {
             profiles_root: "profiles".into(),
             max_body_bytes: 1024 * 1024,
             body_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_in_flight: 1024,
+            max_connections: 4096,
             audit: RawAudit {
                 path: "audit/ecl-audit.log".into(),
                 sync: "always".into(),
@@ -141,11 +149,23 @@ pub struct Config {
     pub profiles_root: PathBuf,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    pub limits: Limits,
     pub audit: AuditConfig,
     pub approvals: Approvals,
     /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
     pub single_use_ledger: Option<PathBuf>,
     pub log: LogConfig,
+}
+
+/// Bounds on what clients can make the gate hold at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Requests being decided at once; more are answered DENY `OVERLOADED` at once.
+    pub max_in_flight: usize,
+    /// Open client connections; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +265,28 @@ impl RawConfig {
         if self.body_timeout_ms == 0 {
             return Err(invalid("body_timeout_ms", "must be at least 1"));
         }
+        let limits = Limits {
+            header_timeout: Duration::from_millis(in_range(
+                "header_timeout_ms",
+                self.header_timeout_ms,
+                1..=600_000,
+            )?),
+            max_header_bytes: to_usize(in_range(
+                "max_header_bytes",
+                self.max_header_bytes,
+                8192..=16 * 1024 * 1024,
+            )?),
+            max_in_flight: to_usize(in_range(
+                "max_in_flight",
+                self.max_in_flight,
+                1..=1_000_000,
+            )?),
+            max_connections: to_usize(in_range(
+                "max_connections",
+                self.max_connections,
+                1..=1_000_000,
+            )?),
+        };
         if self.audit.path.trim().is_empty() {
             return Err(invalid("audit.path", "must not be empty"));
         }
@@ -296,6 +338,7 @@ impl RawConfig {
             profiles_root: self.profiles_root,
             max_body_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
+            limits,
             audit: AuditConfig {
                 path_template: self.audit.path,
                 sync,
@@ -353,6 +396,26 @@ fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigErro
             format!("`{value}` is not a duration like `15m`: {err}"),
         )
     })
+}
+
+fn in_range(
+    key: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
+/// Every range above fits a 32-bit `usize`.
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {

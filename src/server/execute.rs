@@ -80,6 +80,23 @@ where
     }
 
     let received = SystemTime::now();
+    // Shedding load before reading the body keeps an overload cheap; the refusal is still a
+    // decision with its record.
+    let Ok(_permit) = Arc::clone(&gate.in_flight).try_acquire_owned() else {
+        let rejection = Rejection {
+            reason: ReasonCode::Overloaded,
+            request_hash: canonical::sha256_prefixed(b""),
+            request_id: None,
+            profile: None,
+            detail: format!(
+                "the gate is deciding {} requests already; retry later",
+                gate.limits.max_in_flight
+            ),
+            normalized: None,
+        };
+        let decision = (gate.decide)(Attempt::Rejected(&rejection), &gate.context, received);
+        return record_and_respond(&gate, decision, received, received).await;
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

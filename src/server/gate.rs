@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::approval::UsedTokens;
 use crate::audit::AuditLog;
-use crate::config::Config;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, Limits};
 use crate::decision::{self, Attempt, Context, Decision};
 use crate::profile::ProfileStore;
 
@@ -19,6 +21,9 @@ pub struct Gate {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub include_request: bool,
+    pub limits: Limits,
+    /// Permits for requests being decided (`max_in_flight`).
+    pub in_flight: Arc<Semaphore>,
     pub decide: DecideFn,
     /// The single-use ledger, when `approvals.single_use` is on.
     pub used_tokens: Option<Arc<UsedTokens>>,
@@ -33,6 +38,8 @@ impl Gate {
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             include_request: config.audit.include_request,
+            limits: config.limits,
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             decide: decision::decide,
             used_tokens: None,
         }

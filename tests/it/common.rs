@@ -40,6 +40,7 @@ pub struct Options {
     pub approvals: Approvals,
     pub single_use_ledger: Option<PathBuf>,
     pub include_request: bool,
+    pub max_in_flight: u64,
 }
 
 impl Default for Options {
@@ -54,6 +55,7 @@ impl Default for Options {
             approvals: Approvals::default(),
             single_use_ledger: None,
             include_request: false,
+            max_in_flight: 1024,
         }
     }
 }
@@ -72,6 +74,7 @@ impl TestGate {
             listen: "127.0.0.1:0".into(),
             max_body_bytes: options.max_body_bytes as u64,
             body_timeout_ms: options.body_timeout.as_millis() as u64,
+            max_in_flight: options.max_in_flight,
             audit: RawAudit {
                 include_request: options.include_request,
                 ..RawConfig::default().audit

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod determinism;
 mod execute;
+mod hostile;
 mod internal;
 mod profiles;
 mod replay;
