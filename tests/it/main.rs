@@ -11,5 +11,6 @@ mod execute;
 mod hostile;
 mod internal;
 mod profiles;
+mod props;
 mod replay;
 mod vectors;
