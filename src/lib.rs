@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod metrics;
 pub mod profile;
 pub mod replay;
 pub mod request;

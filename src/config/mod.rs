@@ -91,6 +91,7 @@ pub struct RawAudit {
 pub struct RawLog {
     pub level: String,
     pub format: String,
+    pub include_args: bool,
 }
 
 impl Default for RawConfig {
@@ -122,6 +123,7 @@ impl Default for RawConfig {
             log: RawLog {
                 level: "info".into(),
                 format: "pretty".into(),
+                include_args: false,
             },
         }
     }
@@ -181,6 +183,7 @@ pub struct AuditConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    pub include_args: bool,
 }
 
 impl Config {
@@ -348,6 +351,7 @@ impl RawConfig {
             log: LogConfig {
                 level: self.log.level,
                 format,
+                include_args: self.log.include_args,
             },
         })
     }

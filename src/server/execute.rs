@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -19,6 +19,7 @@ use hyper::body::Body;
 
 use crate::approval::Spend;
 use crate::canonical;
+use crate::metrics::InFlight;
 use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
 use crate::request::{self, Rejection};
 
@@ -79,7 +80,11 @@ where
         return response;
     }
 
-    let received = SystemTime::now();
+    let _in_flight = InFlight::enter(&gate.metrics.in_flight);
+    let arrival = Arrival {
+        wall: SystemTime::now(),
+        clock: Instant::now(),
+    };
     // Shedding load before reading the body keeps an overload cheap; the refusal is still a
     // decision with its record.
     let Ok(_permit) = Arc::clone(&gate.in_flight).try_acquire_owned() else {
@@ -94,8 +99,8 @@ where
             ),
             normalized: None,
         };
-        let decision = (gate.decide)(Attempt::Rejected(&rejection), &gate.context, received);
-        return record_and_respond(&gate, decision, received, received).await;
+        let decision = (gate.decide)(Attempt::Rejected(&rejection), &gate.context, arrival.wall);
+        return record_and_respond(&gate, decision, arrival, arrival.wall).await;
     };
     let declared = request
         .headers()
@@ -110,7 +115,7 @@ where
     )
     .await;
 
-    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, received))
+    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival))
         .catch_unwind()
         .await;
     match attempt {
@@ -120,7 +125,7 @@ where
             // is an INTERNAL_ERROR of its own, recorded like any other decision.
             tracing::error!("panic while deciding; answering INTERNAL_ERROR");
             let decision = internal_error(&gate, body.as_ref().ok());
-            record_and_respond(&gate, decision, received, SystemTime::now()).await
+            record_and_respond(&gate, decision, arrival, SystemTime::now()).await
         }
     }
 }
@@ -128,7 +133,7 @@ where
 async fn decide_and_record(
     gate: &Gate,
     body: &Result<Bytes, super::body::BodyFailure>,
-    received: SystemTime,
+    arrival: Arrival,
 ) -> Response<Full<Bytes>> {
     // The decision time, at the precision the audit record keeps, so a replay at the recorded
     // `decided_at` sees exactly the instant this decision saw.
@@ -149,7 +154,7 @@ async fn decide_and_record(
         }
     };
     let decision = spend_approval(gate, decision, now).await;
-    record_and_respond(gate, decision, received, now).await
+    record_and_respond(gate, decision, arrival, now).await
 }
 
 /// With `approvals.single_use`, an ALLOW that relied on an approval spends it first; a token
@@ -209,20 +214,32 @@ fn internal_error(gate: &Gate, body: Option<&Bytes>) -> Decision {
     )
 }
 
+/// When an execution request arrived: wall time for the record, a monotonic clock for metrics.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    wall: SystemTime,
+    clock: Instant,
+}
+
 /// Appends the decision's record, then answers. Nothing is answered before its record is
 /// written; a record that cannot be written turns the answer into a 503 DENY.
 async fn record_and_respond(
     gate: &Gate,
     decision: Decision,
-    received: SystemTime,
+    arrival: Arrival,
     decided: SystemTime,
 ) -> Response<Full<Bytes>> {
     let timestamps = Timestamps {
-        received_at: rfc3339(received),
+        received_at: rfc3339(arrival.wall),
         decided_at: rfc3339(decided),
     };
     let record = decision.audit_record(&timestamps, gate.include_request);
-    match gate.audit.append(record).await {
+    let appending = Instant::now();
+    let appended = gate.audit.append(record).await;
+    gate.metrics
+        .audit_append_duration
+        .observe(appending.elapsed().as_secs_f64());
+    let (status, answered, audit) = match appended {
         Ok(receipt) => {
             let block = AuditBlock {
                 stream: receipt.stream.to_string(),
@@ -230,16 +247,10 @@ async fn record_and_respond(
                 prev_hash: receipt.prev_hash,
                 record_hash: receipt.record_hash,
             };
-            tracing::debug!(
-                provenance_id = %decision.provenance_id,
-                decision = %decision.decision_type,
-                reason = %decision.reason,
-                seq = block.seq,
-                "decided"
-            );
-            respond(StatusCode::OK, &decision.body(Some(&block)))
+            (StatusCode::OK, decision, Some(block))
         }
         Err(err) => {
+            gate.metrics.audit_write_failures.inc();
             tracing::error!(
                 provenance_id = %decision.provenance_id,
                 error = %err,
@@ -249,9 +260,44 @@ async fn record_and_respond(
                 ReasonCode::AuditWriteFailed,
                 "the audit record could not be written",
             );
-            respond(StatusCode::SERVICE_UNAVAILABLE, &failed.body(None))
+            (StatusCode::SERVICE_UNAVAILABLE, failed, None)
         }
-    }
+    };
+    let response = respond(status, &answered.body(audit.as_ref()));
+    let elapsed = arrival.clock.elapsed();
+    gate.metrics
+        .decided(answered.decision_type, answered.reason, elapsed.as_secs_f64());
+    log_decision(gate, &answered, audit.as_ref(), elapsed);
+    response
+}
+
+/// One info line per decision. Tool arguments and snapshots stay out of the log unless
+/// `log.include_args` says otherwise: they may hold personal data or secrets.
+fn log_decision(gate: &Gate, decision: &Decision, audit: Option<&AuditBlock>, elapsed: Duration) {
+    let request = decision.normalized_request.as_ref();
+    let tool = request.and_then(|r| r["tool"]["name"].as_str()).unwrap_or("");
+    let profile = decision
+        .profile
+        .as_ref()
+        .map(|(id, version)| format!("{id}@{version}"))
+        .unwrap_or_default();
+    let args = if gate.log_args {
+        request.map(|r| String::from_utf8_lossy(&canonical::to_canonical(&r["tool"]["args"])).into_owned())
+    } else {
+        None
+    };
+    tracing::info!(
+        target: "ecl_gate::decision",
+        provenance_id = %decision.provenance_id,
+        decision = decision.decision_type.as_str(),
+        reason = decision.reason.as_str(),
+        tool,
+        profile = %profile,
+        seq = audit.map(|a| a.seq),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        args,
+        "decision"
+    );
 }
 
 fn respond(status: StatusCode, body: &canonical::Value) -> Response<Full<Bytes>> {

@@ -8,7 +8,8 @@ use crate::audit::AuditLog;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Limits};
-use crate::decision::{self, Attempt, Context, Decision};
+use crate::decision::{self, Attempt, Context, Decision, Runtime};
+use crate::metrics::Metrics;
 use crate::profile::ProfileStore;
 
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
@@ -25,6 +26,9 @@ pub struct Gate {
     /// Permits for requests being decided (`max_in_flight`).
     pub in_flight: Arc<Semaphore>,
     pub decide: DecideFn,
+    pub metrics: Arc<Metrics>,
+    /// `log.include_args`: tool arguments in decision log lines.
+    pub log_args: bool,
     /// The single-use ledger, when `approvals.single_use` is on.
     pub used_tokens: Option<Arc<UsedTokens>>,
 }
@@ -41,6 +45,8 @@ impl Gate {
             limits: config.limits,
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             decide: decision::decide,
+            metrics: Arc::new(Metrics::new(&Runtime::current())),
+            log_args: config.log.include_args,
             used_tokens: None,
         }
     }
