@@ -236,7 +236,10 @@ impl AuditLog {
     }
 
     /// [`AuditLog::open`] with rotation and tail repair as `options` say.
-    pub fn open_with(settings: AuditSettings, options: FileOptions) -> Result<AuditLog, AuditError> {
+    pub fn open_with(
+        settings: AuditSettings,
+        options: FileOptions,
+    ) -> Result<AuditLog, AuditError> {
         Self::open_sink(settings, options, Box::new(|file| file), Timers::default())
     }
 

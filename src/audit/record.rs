@@ -126,7 +126,9 @@ pub(super) fn check_line<'a>(
 
 /// `bytes` without its first and last byte (the quotes of a string token).
 fn unquote(bytes: &[u8]) -> &[u8] {
-    bytes.get(1..bytes.len().saturating_sub(1)).unwrap_or_default()
+    bytes
+        .get(1..bytes.len().saturating_sub(1))
+        .unwrap_or_default()
 }
 
 /// Whether `quoted_hash` (the token at `hole`, quotes included) is `"sha256:<hex>"` of `line`
@@ -142,10 +144,7 @@ fn hash_matches(line: &[u8], hole: Range<usize>, quoted_hash: &[u8]) -> bool {
 }
 
 /// [`check_line`] through the full parser: parse, re-serialize, compare, hash.
-fn check_line_full<'a>(
-    line: &'a [u8],
-    scratch: &mut Vec<u8>,
-) -> Result<Checked<'a>, LineError> {
+fn check_line_full<'a>(line: &'a [u8], scratch: &mut Vec<u8>) -> Result<Checked<'a>, LineError> {
     let bad = |seq, reason: &str| LineError {
         seq,
         reason: reason.to_owned(),
@@ -319,13 +318,26 @@ mod tests {
     /// Records that exercise every branch of the fast scan, and some it leaves to the parser.
     fn varied() -> Vec<Map> {
         let weird = [
-            Value::from("quote \" backslash \\ newline \n tab \t bell \u{7} del \u{7f} é 😀 \u{2028}"),
+            Value::from(
+                "quote \" backslash \\ newline \n tab \t bell \u{7} del \u{7f} é 😀 \u{2028}",
+            ),
             Value::from(-12i64),
             Value::Number(crate::canonical::Number::Float(1.5e-7)),
             Value::from(u64::MAX),
-            Value::Number(crate::canonical::Number::Int("123456789012345678901234567890".into())),
-            Value::Array(vec![Value::Null, true.into(), false.into(), Value::Array(vec![])]),
-            Value::object([("", Value::object::<&str, 0>([])), ("é", 1i64.into()), ("a\"b", 2i64.into())]),
+            Value::Number(crate::canonical::Number::Int(
+                "123456789012345678901234567890".into(),
+            )),
+            Value::Array(vec![
+                Value::Null,
+                true.into(),
+                false.into(),
+                Value::Array(vec![]),
+            ]),
+            Value::object([
+                ("", Value::object::<&str, 0>([])),
+                ("é", 1i64.into()),
+                ("a\"b", 2i64.into()),
+            ]),
             Value::from("\u{1}\u{8}\u{c}\r\u{1f}"),
         ];
         weird
@@ -390,7 +402,10 @@ mod tests {
                     if let Some(f) = scan::scan(candidate) {
                         fast += 1;
                         let (seq, prev, hole) = full_structure(candidate).unwrap_or_else(|| {
-                            panic!("fast path accepted {:?}", String::from_utf8_lossy(candidate))
+                            panic!(
+                                "fast path accepted {:?}",
+                                String::from_utf8_lossy(candidate)
+                            )
                         });
                         assert_eq!((f.seq, f.record_hash), (seq, hole));
                         assert_eq!(&candidate[f.prev_hash], prev.as_bytes());
@@ -405,7 +420,13 @@ mod tests {
     #[test]
     fn typical_records_take_the_fast_path() {
         let mut out = Vec::new();
-        encode(sample(), 1, "sha256:p", "2024-01-01T00:00:00.000000Z", &mut out);
+        encode(
+            sample(),
+            1,
+            "sha256:p",
+            "2024-01-01T00:00:00.000000Z",
+            &mut out,
+        );
         assert!(scan::scan(&out[..out.len() - 1]).is_some());
         let lines: Vec<Vec<u8>> = varied()
             .into_iter()

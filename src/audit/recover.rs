@@ -137,7 +137,9 @@ pub(super) fn recover(file: &mut File, path: &Path, repair: bool) -> Result<Tail
         }
     }
     let aside = set_aside(file, path, end, len)?;
-    let continues_at = good.as_ref().map_or(Some(first_seq), |g| g.seq.checked_add(1));
+    let continues_at = good
+        .as_ref()
+        .map_or(Some(first_seq), |g| g.seq.checked_add(1));
     tracing::warn!(
         path = %path.display(),
         moved_to = %aside.display(),
@@ -495,7 +497,14 @@ mod tests {
         let (_dir, path, mut f) = file_with(b"not json\n");
         let err = recover(&mut f, &path, false).unwrap_err();
         assert!(
-            matches!(err, AuditError::Tampered { seq: None, offset: 0, .. }),
+            matches!(
+                err,
+                AuditError::Tampered {
+                    seq: None,
+                    offset: 0,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("byte 0"), "{err}");

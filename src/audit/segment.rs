@@ -24,7 +24,7 @@ pub const SEQ_DIGITS: usize = 20;
 const TAMPERED: &str = ".tampered-";
 
 /// The directory holding `path` (`.` for a bare file name).
-pub(super) fn dir_of(path: &Path) -> &Path {
+pub fn dir_of(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -58,7 +58,12 @@ pub(super) fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-pub(super) fn append_n(log: &AuditLog, rt: &tokio::runtime::Runtime, from: u64, n: u64) -> Vec<Receipt> {
+pub(super) fn append_n(
+    log: &AuditLog,
+    rt: &tokio::runtime::Runtime,
+    from: u64,
+    n: u64,
+) -> Vec<Receipt> {
     rt.block_on(async {
         let tasks: Vec<_> = (from..from + n)
             .map(|i| {

@@ -130,8 +130,7 @@ pub fn verify_paths(paths: &[PathBuf]) -> Result<Verification, VerifyFailure> {
     set_aside.sort();
 
     // name → (rolled segments by first seq, the active file if given)
-    let mut groups: BTreeMap<PathBuf, (BTreeMap<u64, PathBuf>, Option<PathBuf>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<PathBuf, (BTreeMap<u64, PathBuf>, Option<PathBuf>)> = BTreeMap::new();
     for file in files {
         let rolled = file
             .file_name()
@@ -241,8 +240,10 @@ fn verify_file(
         }
         let checked = check_lines(&lines, workers);
         // Linked against the previous record of this block, borrowed; owned at block end.
-        let mut last: Option<(u64, Cow<'_, str>)> =
-            chain.last.as_ref().map(|(s, h)| (*s, Cow::Borrowed(h.as_str())));
+        let mut last: Option<(u64, Cow<'_, str>)> = chain
+            .last
+            .as_ref()
+            .map(|(s, h)| (*s, Cow::Borrowed(h.as_str())));
         for result in checked {
             line_no += 1;
             let record = result.map_err(|e| fail(line_no, e.seq, e.reason))?;
@@ -324,7 +325,11 @@ fn check_lines<'a>(lines: &[&'a [u8]], workers: usize) -> Vec<Result<Checked<'a>
 }
 
 /// Checks that `record` continues `previous` (`seq`, `record_hash`), the chain's last record.
-fn link(previous: Option<(u64, &str)>, record: &Checked<'_>, place: Place<'_>) -> Result<(), String> {
+fn link(
+    previous: Option<(u64, &str)>,
+    record: &Checked<'_>,
+    place: Place<'_>,
+) -> Result<(), String> {
     let seq = record.seq;
     if let Place::FileStart {
         named_seq: Some(named),

@@ -88,7 +88,10 @@ impl Scanner<'_> {
     }
 
     fn literal(&mut self, lit: &[u8]) -> Option<()> {
-        self.b.get(self.pos..)?.starts_with(lit).then(|| self.pos += lit.len())
+        self.b
+            .get(self.pos..)?
+            .starts_with(lit)
+            .then(|| self.pos += lit.len())
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {
