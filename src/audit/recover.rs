@@ -137,16 +137,15 @@ pub(super) fn recover(file: &mut File, path: &Path, repair: bool) -> Result<Tail
         }
     }
     let aside = set_aside(file, path, end, len)?;
-    let continues_at = good
-        .as_ref()
-        .map_or(Some(first_seq), |g| g.seq.checked_add(1));
+    let continues_at = good.as_ref().map_or(first_seq, |g| g.seq.saturating_add(1));
     tracing::warn!(
         path = %path.display(),
         moved_to = %aside.display(),
         bytes = len - end,
-        first_bad_seq = ?bad.seq,
+        first_bad_seq = bad.seq.map_or_else(|| "unreadable".to_owned(), |s| s.to_string()),
         first_bad_offset = bad.offset,
-        continues_at_seq = ?continues_at,
+        reason = %bad.reason,
+        continues_at_seq = continues_at,
         "--audit-repair: moved the audit log's tail that does not verify aside; the chain continues from the last good record"
     );
     match good {

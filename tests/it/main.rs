@@ -4,6 +4,7 @@
 
 mod audit;
 mod common;
+mod crashtest;
 mod determinism;
 mod execute;
 mod internal;
