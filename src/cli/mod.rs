@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve POST /v1/execute (the default)
-    Serve,
+    Serve(serve::ServeArgs),
     /// Print `sha256:…` of the canonical form of a JSON document (e.g. a context snapshot)
     Hash {
         /// JSON file; standard input when absent or `-`
@@ -114,8 +114,11 @@ pub const EXIT_CONFIG: u8 = 3;
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config.as_deref();
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve::run(config),
+    let result = match cli
+        .command
+        .unwrap_or_else(|| Command::Serve(serve::ServeArgs::default()))
+    {
+        Command::Serve(args) => serve::run(config, &args),
         Command::Hash { file } => hash::hash(file.as_deref()),
         Command::Canonicalize { file } => hash::canonicalize(file.as_deref()),
         Command::Audit(command) => audit::run(command),

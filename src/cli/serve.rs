@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::approval::UsedTokens;
-use crate::audit::{expand_path, AuditLog, AuditSettings};
+use crate::audit::{expand_path, AuditError, AuditLog, AuditSettings, FileOptions};
 use crate::config::{Config, LogFormat};
 use crate::profile::{is_valid_ref, ProfileStore};
 use crate::server::{Gate, Server};
@@ -17,7 +17,16 @@ use super::EXIT_CONFIG;
 /// Records that may wait for the audit writer before callers wait for a place.
 const AUDIT_QUEUE_CAPACITY: usize = 8192;
 
-pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// When the audit log's last record does not verify, move the bad tail to
+    /// `<log>.tampered-<unix-seconds>` (never deleted) and continue the chain from the last
+    /// good record, instead of refusing to start
+    #[arg(long)]
+    pub audit_repair: bool,
+}
+
+pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(err) => {
@@ -36,13 +45,20 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create audit directory `{}`", dir.display()))?;
     }
-    let audit = AuditLog::open(AuditSettings {
-        path: audit_path.clone(),
-        sync: config.audit.sync,
-        sync_interval: config.audit.sync_interval,
-        queue_capacity: AUDIT_QUEUE_CAPACITY,
-    })
-    .with_context(|| format!("cannot open audit log `{}`", audit_path.display()))?;
+    let audit = AuditLog::open_with(
+        AuditSettings {
+            path: audit_path.clone(),
+            sync: config.audit.sync,
+            sync_interval: config.audit.sync_interval,
+            queue_capacity: AUDIT_QUEUE_CAPACITY,
+        },
+        FileOptions {
+            rotate_bytes: config.audit.rotate_bytes,
+            rotate_interval: config.audit.rotate_interval,
+            repair_tail: args.audit_repair,
+        },
+    )
+    .map_err(|err| with_hint(err, &audit_path))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,6 +81,8 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             mode = "decide",
             audit = %audit_path.display(),
             sync = ?config.audit.sync,
+            rotate_bytes = config.audit.rotate_bytes,
+            rotate_interval = ?config.audit.rotate_interval,
             profiles_root = %config.profiles_root.display(),
             "ecl-gate {} serving POST http://{addr}/v1/execute",
             env!("CARGO_PKG_VERSION"),
@@ -74,6 +92,22 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The audit errors name their file; a refused start also says what the operator can do.
+fn with_hint(err: AuditError, audit_path: &Path) -> anyhow::Error {
+    let dir = crate::audit::segment::dir_of(audit_path).display();
+    match &err {
+        AuditError::Tampered { path, .. } if path == audit_path => anyhow::anyhow!(
+            "{err}; refusing to start: check the whole chain with `ecl-gate audit verify {dir}`, \
+             or start with `--audit-repair` to move the bad tail to a `.tampered-<unix-seconds>` \
+             file beside the log and continue from the last good record"
+        ),
+        AuditError::Tampered { .. } => anyhow::anyhow!(
+            "{err}; refusing to start: check the whole chain with `ecl-gate audit verify {dir}`"
+        ),
+        _ => anyhow::Error::new(err),
+    }
 }
 
 /// Loads every valid profile at start so its bytes are fixed from the first moment and a

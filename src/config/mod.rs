@@ -21,6 +21,13 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/ecl-gate.toml";
 /// Upper bound for `max_body_bytes`: a request is a tool call, not a file upload.
 pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// Smallest non-zero `audit.rotate_bytes`: below a few records per file, rotation (two file
+/// operations and a directory sync each) would cost more than the writing.
+pub const MIN_ROTATE_BYTES: u64 = 4096;
+
+/// Smallest non-zero `audit.rotate_interval_ms`.
+pub const MIN_ROTATE_INTERVAL_MS: u64 = 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file `{0}` does not exist")]
@@ -84,6 +91,8 @@ pub struct RawAudit {
     pub sync: String,
     pub sync_interval_ms: u64,
     pub include_request: bool,
+    pub rotate_bytes: u64,
+    pub rotate_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +121,8 @@ impl Default for RawConfig {
                 sync: "always".into(),
                 sync_interval_ms: 100,
                 include_request: false,
+                rotate_bytes: 0,
+                rotate_interval_ms: 0,
             },
             approvals: RawApprovals {
                 max_ttl: "1h".into(),
@@ -177,6 +188,10 @@ pub struct AuditConfig {
     pub sync: SyncMode,
     pub sync_interval: Duration,
     pub include_request: bool,
+    /// Roll the active file at this size; 0: never.
+    pub rotate_bytes: u64,
+    /// Roll the active file at this age; `None`: never.
+    pub rotate_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +325,26 @@ impl RawConfig {
                 format!("{} is outside 1..=60000", self.audit.sync_interval_ms),
             ));
         }
+        if self.audit.rotate_bytes != 0 && self.audit.rotate_bytes < MIN_ROTATE_BYTES {
+            return Err(invalid(
+                "audit.rotate_bytes",
+                format!(
+                    "{} is below {MIN_ROTATE_BYTES}; use 0 to turn rotation off",
+                    self.audit.rotate_bytes
+                ),
+            ));
+        }
+        if self.audit.rotate_interval_ms != 0
+            && self.audit.rotate_interval_ms < MIN_ROTATE_INTERVAL_MS
+        {
+            return Err(invalid(
+                "audit.rotate_interval_ms",
+                format!(
+                    "{} is below {MIN_ROTATE_INTERVAL_MS}; use 0 to turn rotation by age off",
+                    self.audit.rotate_interval_ms
+                ),
+            ));
+        }
         let format = match self.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -347,6 +382,9 @@ impl RawConfig {
                 sync,
                 sync_interval: Duration::from_millis(self.audit.sync_interval_ms),
                 include_request: self.audit.include_request,
+                rotate_bytes: self.audit.rotate_bytes,
+                rotate_interval: (self.audit.rotate_interval_ms > 0)
+                    .then(|| Duration::from_millis(self.audit.rotate_interval_ms)),
             },
             log: LogConfig {
                 level: self.log.level,

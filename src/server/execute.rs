@@ -19,8 +19,8 @@ use hyper::body::Body;
 
 use crate::approval::Spend;
 use crate::canonical;
-use crate::metrics::InFlight;
 use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
+use crate::metrics::InFlight;
 use crate::request::{self, Rejection};
 
 use super::body::read_body;
@@ -265,8 +265,11 @@ async fn record_and_respond(
     };
     let response = respond(status, &answered.body(audit.as_ref()));
     let elapsed = arrival.clock.elapsed();
-    gate.metrics
-        .decided(answered.decision_type, answered.reason, elapsed.as_secs_f64());
+    gate.metrics.decided(
+        answered.decision_type,
+        answered.reason,
+        elapsed.as_secs_f64(),
+    );
     log_decision(gate, &answered, audit.as_ref(), elapsed);
     response
 }
@@ -275,14 +278,18 @@ async fn record_and_respond(
 /// `log.include_args` says otherwise: they may hold personal data or secrets.
 fn log_decision(gate: &Gate, decision: &Decision, audit: Option<&AuditBlock>, elapsed: Duration) {
     let request = decision.normalized_request.as_ref();
-    let tool = request.and_then(|r| r["tool"]["name"].as_str()).unwrap_or("");
+    let tool = request
+        .and_then(|r| r["tool"]["name"].as_str())
+        .unwrap_or("");
     let profile = decision
         .profile
         .as_ref()
         .map(|(id, version)| format!("{id}@{version}"))
         .unwrap_or_default();
     let args = if gate.log_args {
-        request.map(|r| String::from_utf8_lossy(&canonical::to_canonical(&r["tool"]["args"])).into_owned())
+        request.map(|r| {
+            String::from_utf8_lossy(&canonical::to_canonical(&r["tool"]["args"])).into_owned()
+        })
     } else {
         None
     };

@@ -6,6 +6,7 @@ mod approvals;
 mod audit;
 mod cli;
 mod common;
+mod crashtest;
 mod determinism;
 mod execute;
 mod hostile;
