@@ -11,6 +11,9 @@ fn main() {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let build = revision.as_deref().unwrap_or("local");
+    println!("cargo:rustc-env=GATE_VERSION_LINE={version} (build {build})");
     if let Some(revision) = revision {
         println!("cargo:rustc-env=GATE_BUILD_REVISION={revision}");
     }

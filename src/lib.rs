@@ -4,6 +4,7 @@
 //! the I/O around it — [`server`], [`audit`], the profile store and [`config`] — reads bytes,
 //! writes evidence and answers. Nothing in the core touches a socket, a file or the clock.
 
+pub mod admin;
 pub mod approval;
 pub mod audit;
 pub mod canonical;

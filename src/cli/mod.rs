@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "ecl-gate",
-    version,
+    version = env!("GATE_VERSION_LINE"),
     about = "Deterministic, fail-closed execution gate for AI agents' tool calls",
     long_about = "Deterministic, fail-closed execution gate for AI agents' tool calls.\n\n\
                   Without a subcommand, `ecl-gate` runs `serve`."

@@ -3,9 +3,12 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::admin::Admin;
 use crate::approval::UsedTokens;
 use crate::audit::{expand_path, AuditError, AuditLog, AuditSettings, FileOptions};
 use crate::config::{Config, LogFormat};
@@ -70,27 +73,68 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             let ledger = UsedTokens::open(path).with_context(|| {
                 format!("cannot open the single-use ledger `{}`", path.display())
             })?;
-            gate.used_tokens = Some(std::sync::Arc::new(ledger));
+            gate.used_tokens = Some(Arc::new(ledger));
         }
-        let server = Server::bind(config.listen, std::sync::Arc::new(gate))
+        let gate = Arc::new(gate);
+        let server = Server::bind(config.listen, Arc::clone(&gate))
             .await
             .with_context(|| format!("cannot listen on `{}`", config.listen))?;
         let addr = server.local_addr()?;
+        let serving = Arc::new(AtomicBool::new(false));
+        let admin = Admin::bind(config.admin_listen, Arc::clone(&gate), Arc::clone(&serving))
+            .await
+            .with_context(|| format!("cannot listen on `{}` (admin_listen)", config.admin_listen))?;
+        let admin_addr = admin.local_addr()?;
+        log_effective_config(&config);
         tracing::info!(
             listen = %addr,
+            admin = %admin_addr,
             mode = "decide",
             audit = %audit_path.display(),
             sync = ?config.audit.sync,
             rotate_bytes = config.audit.rotate_bytes,
             rotate_interval = ?config.audit.rotate_interval,
             profiles_root = %config.profiles_root.display(),
-            "ecl-gate {} serving POST http://{addr}/v1/execute",
-            env!("CARGO_PKG_VERSION"),
+            "ecl-gate {} serving POST http://{addr}/v1/execute (admin on http://{admin_addr})",
+            env!("GATE_VERSION_LINE"),
         );
-        server.run(shutdown_signal()).await;
-        tracing::info!("stopped");
+
+        // First signal: stop accepting, let in-flight requests finish within the grace period.
+        // A second signal: leave at once.
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopping = {
+            let stop = Arc::clone(&stop);
+            async move { stop.notified().await }
+        };
+        let admin_stopping = {
+            let stop = Arc::clone(&stop);
+            async move { stop.notified().await }
+        };
+        let admin_task = tokio::spawn(admin.run(admin_stopping));
+        serving.store(true, Ordering::Release);
+        let serve = tokio::spawn(server.run(stopping));
+        shutdown_signal().await;
+        tracing::info!(grace = ?config.shutdown_grace, "stopping: finishing requests in flight");
+        serving.store(false, Ordering::Release);
+        stop.notify_waiters();
+        tokio::select! {
+            finished = tokio::time::timeout(config.shutdown_grace, serve) => {
+                if finished.is_err() {
+                    tracing::warn!("requests still in flight after the grace period; stopping anyway");
+                }
+            }
+            () = shutdown_signal() => {
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+        }
+        let _ = admin_task.await;
         anyhow::Ok(())
     })?;
+    // Dropping the runtime drops the last handles on the audit log: its writer finishes the
+    // last batch and syncs before the process exits.
+    drop(runtime);
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -133,6 +177,29 @@ fn preload_profiles(profiles: &ProfileStore) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The effective configuration at start, for operators reading the log. Nothing in it is a
+/// secret today (approver keys are public); keys holding secrets must be redacted here.
+fn log_effective_config(config: &Config) {
+    tracing::info!(
+        listen = %config.listen,
+        admin_listen = %config.admin_listen,
+        profiles_root = %config.profiles_root.display(),
+        max_body_bytes = config.max_body_bytes,
+        body_timeout_ms = config.body_timeout.as_millis() as u64,
+        max_in_flight = config.limits.max_in_flight,
+        max_connections = config.limits.max_connections,
+        audit_path = %config.audit.path_template,
+        audit_sync = ?config.audit.sync,
+        include_request = config.audit.include_request,
+        approver_keys = ?config.approvals.keys.keys().collect::<Vec<_>>(),
+        approvals_max_ttl = ?config.approvals.max_ttl,
+        single_use = config.single_use_ledger.is_some(),
+        log_include_args = config.log.include_args,
+        shutdown_grace = ?config.shutdown_grace,
+        "effective configuration"
+    );
 }
 
 fn init_logging(config: &Config) {

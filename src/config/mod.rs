@@ -59,6 +59,7 @@ pub struct RawConfig {
     pub max_header_bytes: u64,
     pub max_in_flight: u64,
     pub max_connections: u64,
+    pub shutdown_grace_ms: u64,
     pub audit: RawAudit,
     pub approvals: RawApprovals,
     pub log: RawLog,
@@ -116,6 +117,7 @@ impl Default for RawConfig {
             max_header_bytes: 64 * 1024,
             max_in_flight: 1024,
             max_connections: 4096,
+            shutdown_grace_ms: 10_000,
             audit: RawAudit {
                 path: "audit/ecl-audit.log".into(),
                 sync: "always".into(),
@@ -163,6 +165,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub limits: Limits,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
     pub audit: AuditConfig,
     pub approvals: Approvals,
     /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
@@ -377,6 +381,11 @@ impl RawConfig {
             max_body_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             limits,
+            shutdown_grace: Duration::from_millis(in_range(
+                "shutdown_grace_ms",
+                self.shutdown_grace_ms,
+                0..=600_000,
+            )?),
             audit: AuditConfig {
                 path_template: self.audit.path,
                 sync,

@@ -102,14 +102,24 @@ async fn audit_verify_accepts_an_intact_log_and_names_the_first_bad_seq() {
     assert!(err.contains("seq 1"), "{err}");
 }
 
-/// Starts the binary; returns it and the address it reports, read from its log.
+/// Starts the binary; returns it and the execution address it reports, read from its log.
+pub fn spawn_serve(dir: &Path, envs: &[(&str, &str)]) -> (std::process::Child, String) {
+    let (child, addr, _) = spawn_serve_with_admin(dir, envs);
+    (child, addr)
+}
+
+/// Starts the binary; returns it, the execution address and the admin address from its log.
 // The caller owns the child and waits for it; only a failed assertion skips that.
 #[allow(clippy::zombie_processes)]
-fn spawn_serve(dir: &Path, envs: &[(&str, &str)]) -> (std::process::Child, String) {
+pub fn spawn_serve_with_admin(
+    dir: &Path,
+    envs: &[(&str, &str)],
+) -> (std::process::Child, String, String) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .current_dir(dir)
         .env("ECL_LISTEN", "127.0.0.1:0")
+        .env("ECL_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PROFILES_ROOT", shipped_profiles())
         .env("ECL_AUDIT__PATH", dir.join("logs/gate-{pid}.log"))
         .envs(envs.iter().copied())
@@ -125,9 +135,24 @@ fn spawn_serve(dir: &Path, envs: &[(&str, &str)]) -> (std::process::Child, Strin
         let line = lines.next().expect("gate exited before serving").unwrap();
         if let Some(rest) = line.split("serving POST http://").nth(1) {
             let addr = rest.split('/').next().unwrap().to_owned();
-            // Keep draining the log so the gate never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, addr);
+            let admin = line
+                .split("admin on http://")
+                .nth(1)
+                .unwrap()
+                .split(')')
+                .next()
+                .unwrap()
+                .to_owned();
+            // Keep the log flowing (the gate must never block on a full pipe) and keep it
+            // for tests that read it.
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            LOGS.with(|logs| *logs.borrow_mut() = Some(rx));
+            return (child, addr, admin);
         }
     }
 }
@@ -177,8 +202,47 @@ fn serve_refuses_an_invalid_configuration_naming_the_key() {
     );
 }
 
+thread_local! {
+    /// The log lines of the gate this thread spawned last.
+    static LOGS: std::cell::RefCell<Option<std::sync::mpsc::Receiver<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Every log line the gate spawned by this thread has written so far.
+pub fn drain_logs() -> Vec<String> {
+    LOGS.with(|logs| {
+        logs.borrow()
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default()
+    })
+}
+
+/// A minimal HTTP/1.1 GET over a std socket; returns status and body.
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A minimal HTTP/1.1 POST over a std socket, so this test needs no runtime.
-fn post(addr: &str, body: &[u8]) -> Value {
+pub fn post(addr: &str, body: &[u8]) -> Value {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream

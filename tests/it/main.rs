@@ -2,6 +2,7 @@
 //! gate over real HTTP on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod approvals;
 mod audit;
 mod cli;
