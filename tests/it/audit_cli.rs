@@ -266,3 +266,15 @@ async fn the_gate_rotates_and_audit_verify_reports_a_missing_segment() {
     assert_eq!(code, 1);
     assert!(stderr.contains("a file is missing"), "{stderr}");
 }
+
+#[test]
+fn audit_verify_of_a_directory_without_logs_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = verify(&[dir.path()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no audit log files found"), "{stderr}");
+    // A path that does not exist is a failing chain, not an empty pass.
+    let (code, _, stderr) = verify(&[&dir.path().join("missing.log")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot open"), "{stderr}");
+}

@@ -306,3 +306,51 @@ fn verify_paths_groups_chains_and_skips_set_aside_tails() {
     let missing = verify_paths(&[dir.path().join("nope")]).unwrap();
     assert!(!missing.is_ok());
 }
+
+#[test]
+fn an_empty_or_torn_newest_segment_is_corrupt_not_a_chain_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let segment = segment::rolled_path(&path, 0);
+    for content in ["", "{\"torn"] {
+        fs::write(&segment, content).unwrap();
+        let err = AuditLog::open(settings(&path, SyncMode::Never)).unwrap_err();
+        assert!(
+            matches!(&err, AuditError::Corrupt { path: p, reason } if *p == segment && reason.contains("empty or its last line is torn")),
+            "{err:?}"
+        );
+    }
+    // Nothing was cut from the segment: it is not the gate's to repair.
+    assert_eq!(fs::read_to_string(&segment).unwrap(), "{\"torn");
+    fs::write(&segment, "").unwrap();
+    let failure = verify_dir(dir.path()).chains.remove(0).result.unwrap_err();
+    assert_eq!(failure.reason, "the rolled segment is empty");
+}
+
+// A segment swapped in from another chain has the right seqs and valid hashes of its own;
+// only the link to the previous file gives it away.
+#[test]
+fn a_segment_from_another_chain_does_not_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("a.log");
+    write_rotating(&path, by_size(1000), 0, 8);
+    write_rotating(&other, by_size(1000), 100, 8);
+    let (seq, theirs) = rolled(&other).remove(1);
+    let (_, ours) = rolled(&path).remove(1);
+    assert_eq!(seq, 3);
+    fs::copy(&theirs, &ours).unwrap();
+    let failure = verify_dir(dir.path()).chains.remove(0).result.unwrap_err();
+    assert_eq!(
+        (failure.path, failure.line, failure.seq),
+        (ours, 1, Some(3))
+    );
+    assert_eq!(
+        failure.reason,
+        format!(
+            "prev_hash does not link to seq 2, the last record of `{}`",
+            segment::rolled_path(&path, 0).display()
+        )
+    );
+}
