@@ -254,6 +254,14 @@ async fn the_gate_rotates_and_audit_verify_reports_a_missing_segment() {
     assert!(segments.len() >= 3, "{segments:?}");
     assert!(stdout.contains("24 records (seq 0..=23)"), "{stdout}");
 
+    // The active file alone does not start the chain; the hint says where the rest is.
+    let (code, _, stderr) = verify(&[&s.log]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("rolled segment(s) of this chain were not given"),
+        "{stderr}"
+    );
+
     std::fs::remove_file(&segments[1]).unwrap();
     let (code, _, stderr) = verify(&[dir]);
     assert_eq!(code, 1);
