@@ -194,6 +194,8 @@ fn a_roll_interrupted_after_the_link_is_undone_at_restart() {
     assert_eq!(chain.result.unwrap().records, 4);
 }
 
+// Also a regression test: a size-based due time computed as `Instant::now()` made the timer
+// loop spin on the CPU without ever retrying the roll.
 #[test]
 fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,8 +210,12 @@ fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
     };
     let (log, _faults) = open_faulty_with(&path, SyncMode::Always, by_size(1000), timers);
     append_n(&log, &rt, 0, 8);
+    // The writer tries the roll right after the batch that crossed the size, before it takes
+    // this record: once it is answered, a roll has failed.
+    append_n(&log, &rt, 8, 1);
     assert!(!log.is_failing(), "a failed roll refuses no record");
-    assert_eq!(lines(&path).len(), 8, "everything went to the active file");
+    assert_eq!(lines(&path).len(), 9, "everything went to the active file");
+    assert!(rolled(&path).is_empty());
 
     // Retried on the timer, without waiting for the next record.
     fs::remove_dir(&obstacle).unwrap();
@@ -218,11 +224,11 @@ fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
         assert!(std::time::Instant::now() < deadline, "never retried");
         std::thread::sleep(Duration::from_millis(5));
     }
-    append_n(&log, &rt, 8, 1);
+    append_n(&log, &rt, 9, 1);
     drop(log);
     let segments = rolled(&path);
     assert_eq!(segments.len(), 1, "{segments:?}");
-    assert_eq!(lines(&segments[0].1).len(), 8);
+    assert_eq!(lines(&segments[0].1).len(), 9);
     assert_eq!(lines(&path).len(), 1);
     assert_eq!(
         verify_dir(dir.path()).chains[0]
@@ -230,7 +236,7 @@ fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
             .as_ref()
             .unwrap()
             .records,
-        9
+        10
     );
 }
 
