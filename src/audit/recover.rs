@@ -254,10 +254,15 @@ fn rolled_anchor(path: &Path, first_seq: u64) -> Result<Anchor, AuditError> {
             reason: "the rolled segment is empty or its last line is torn".into(),
         });
     }
-    let before = Anchor {
-        seq: first_seq.checked_sub(1),
-        hash: None,
-        file: None,
+    // The segment's first line links to an older segment start-up does not read, or, for the
+    // chain's first segment, to GENESIS.
+    let before = match first_seq.checked_sub(1) {
+        None => Anchor::genesis(),
+        seq => Anchor {
+            seq,
+            hash: None,
+            file: None,
+        },
     };
     match head_at(&file, path, len, &before)? {
         (_, Ok(good)) => Ok(Anchor {

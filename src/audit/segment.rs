@@ -75,7 +75,7 @@ pub fn is_set_aside(file_name: &str) -> bool {
 }
 
 /// The rolled segments of the chain whose active file is `active`, oldest first.
-pub(super) fn rolled_segments(active: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub fn rolled_segments(active: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let name = file_name(active);
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir_of(active))? {

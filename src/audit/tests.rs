@@ -757,3 +757,49 @@ fn verify_of_nothing_is_genesis() {
     assert_eq!(missing.line, 0);
     assert!(missing.reason.starts_with("cannot open"));
 }
+
+// Group-commit figure for the report, on the real file and fdatasync:
+// cargo test --release --lib group_commit_throughput -- --ignored --nocapture
+#[test]
+#[ignore = "benchmark; run in release mode"]
+fn group_commit_throughput() {
+    const N: u64 = 20_000;
+    let rt = rt();
+    for concurrency in [1u64, 64, 512] {
+        for sync in [SyncMode::Always, SyncMode::Interval, SyncMode::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bench.log");
+            let log = AuditLog::open(settings(&path, sync)).unwrap();
+            // Fewer records for one-at-a-time fdatasync: each costs a disk flush.
+            let n = if concurrency == 1 && sync == SyncMode::Always {
+                N / 10
+            } else {
+                N
+            };
+            let start = std::time::Instant::now();
+            rt.block_on(async {
+                let per_task = n / concurrency;
+                let tasks: Vec<_> = (0..concurrency)
+                    .map(|t| {
+                        let log = log.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per_task {
+                                log.append(record(t * per_task + i)).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let secs = start.elapsed().as_secs_f64();
+            drop(log);
+            let records = verify_files(&[path]).unwrap().records;
+            println!(
+                "sync={sync:?} concurrency={concurrency}: {records} records in {secs:.3} s: {:.0} records/s",
+                records as f64 / secs
+            );
+        }
+    }
+}

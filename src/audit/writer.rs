@@ -238,8 +238,10 @@ impl<S: Sink> Writer<S> {
             .cfg
             .rotate_interval
             .and_then(|age| self.file_since.checked_add(age));
-        let by_size =
-            (self.cfg.rotate_bytes > 0 && self.offset >= self.cfg.rotate_bytes).then(Instant::now);
+        // INVARIANT: a due time is a fixed instant, never `Instant::now()`: the timer loop
+        // compares it with a `now` taken earlier and would otherwise spin without rolling.
+        let by_size = (self.cfg.rotate_bytes > 0 && self.offset >= self.cfg.rotate_bytes)
+            .then_some(self.file_since);
         let due = by_size.into_iter().chain(by_age).min()?;
         Some(self.rotate_not_before.map_or(due, |t| due.max(t)))
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::audit::{verify_files, verify_paths, VerifyReport};
+use crate::audit::{segment, verify_files, verify_paths, ChainReport, VerifyReport};
 
 use super::EXIT_PROBLEM;
 
@@ -60,7 +60,10 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             for chain in &verification.chains {
                 match &chain.result {
                     Ok(report) => println!("ok: `{}`: {}", chain.name.display(), summary(report)),
-                    Err(failure) => eprintln!("error: chain `{}`: {failure}", chain.name.display()),
+                    Err(failure) => {
+                        eprintln!("error: chain `{}`: {failure}", chain.name.display());
+                        hint_missing_segments(chain);
+                    }
                 }
             }
             Ok(if verification.is_ok() {
@@ -69,6 +72,21 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_PROBLEM)
             })
         }
+    }
+}
+
+/// A chain named by its active file alone fails at its first record; say why.
+fn hint_missing_segments(chain: &ChainReport) {
+    let on_disk = segment::rolled_segments(&chain.name).unwrap_or_default();
+    let left_out = on_disk
+        .iter()
+        .filter(|(_, path)| !chain.files.contains(path))
+        .count();
+    if left_out > 0 {
+        eprintln!(
+            "hint: {left_out} rolled segment(s) of this chain were not given; verify the directory `{}`",
+            segment::dir_of(&chain.name).display()
+        );
     }
 }
 

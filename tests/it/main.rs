@@ -5,6 +5,7 @@
 mod admin;
 mod approvals;
 mod audit;
+mod audit_cli;
 mod cli;
 mod common;
 mod crashtest;

@@ -194,6 +194,8 @@ fn a_roll_interrupted_after_the_link_is_undone_at_restart() {
     assert_eq!(chain.result.unwrap().records, 4);
 }
 
+// Also a regression test: a size-based due time computed as `Instant::now()` made the timer
+// loop spin on the CPU without ever retrying the roll.
 #[test]
 fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,8 +210,12 @@ fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
     };
     let (log, _faults) = open_faulty_with(&path, SyncMode::Always, by_size(1000), timers);
     append_n(&log, &rt, 0, 8);
+    // The writer tries the roll right after the batch that crossed the size, before it takes
+    // this record: once it is answered, a roll has failed.
+    append_n(&log, &rt, 8, 1);
     assert!(!log.is_failing(), "a failed roll refuses no record");
-    assert_eq!(lines(&path).len(), 8, "everything went to the active file");
+    assert_eq!(lines(&path).len(), 9, "everything went to the active file");
+    assert!(rolled(&path).is_empty());
 
     // Retried on the timer, without waiting for the next record.
     fs::remove_dir(&obstacle).unwrap();
@@ -218,11 +224,11 @@ fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
         assert!(std::time::Instant::now() < deadline, "never retried");
         std::thread::sleep(Duration::from_millis(5));
     }
-    append_n(&log, &rt, 8, 1);
+    append_n(&log, &rt, 9, 1);
     drop(log);
     let segments = rolled(&path);
     assert_eq!(segments.len(), 1, "{segments:?}");
-    assert_eq!(lines(&segments[0].1).len(), 8);
+    assert_eq!(lines(&segments[0].1).len(), 9);
     assert_eq!(lines(&path).len(), 1);
     assert_eq!(
         verify_dir(dir.path()).chains[0]
@@ -230,7 +236,7 @@ fn a_failed_roll_keeps_writing_to_the_current_file_and_is_retried() {
             .as_ref()
             .unwrap()
             .records,
-        9
+        10
     );
 }
 
@@ -305,4 +311,52 @@ fn verify_paths_groups_chains_and_skips_set_aside_tails() {
     // A directory that cannot be read is an error, not an empty pass.
     let missing = verify_paths(&[dir.path().join("nope")]).unwrap();
     assert!(!missing.is_ok());
+}
+
+#[test]
+fn an_empty_or_torn_newest_segment_is_corrupt_not_a_chain_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let segment = segment::rolled_path(&path, 0);
+    for content in ["", "{\"torn"] {
+        fs::write(&segment, content).unwrap();
+        let err = AuditLog::open(settings(&path, SyncMode::Never)).unwrap_err();
+        assert!(
+            matches!(&err, AuditError::Corrupt { path: p, reason } if *p == segment && reason.contains("empty or its last line is torn")),
+            "{err:?}"
+        );
+    }
+    // Nothing was cut from the segment: it is not the gate's to repair.
+    assert_eq!(fs::read_to_string(&segment).unwrap(), "{\"torn");
+    fs::write(&segment, "").unwrap();
+    let failure = verify_dir(dir.path()).chains.remove(0).result.unwrap_err();
+    assert_eq!(failure.reason, "the rolled segment is empty");
+}
+
+// A segment swapped in from another chain has the right seqs and valid hashes of its own;
+// only the link to the previous file gives it away.
+#[test]
+fn a_segment_from_another_chain_does_not_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("a.log");
+    write_rotating(&path, by_size(1000), 0, 8);
+    write_rotating(&other, by_size(1000), 100, 8);
+    let (seq, theirs) = rolled(&other).remove(1);
+    let (_, ours) = rolled(&path).remove(1);
+    assert_eq!(seq, 3);
+    fs::copy(&theirs, &ours).unwrap();
+    let failure = verify_dir(dir.path()).chains.remove(0).result.unwrap_err();
+    assert_eq!(
+        (failure.path, failure.line, failure.seq),
+        (ours, 1, Some(3))
+    );
+    assert_eq!(
+        failure.reason,
+        format!(
+            "prev_hash does not link to seq 2, the last record of `{}`",
+            segment::rolled_path(&path, 0).display()
+        )
+    );
 }
