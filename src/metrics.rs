@@ -27,6 +27,7 @@ struct BuildLabels {
     build: &'static str,
 }
 
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
@@ -148,5 +149,32 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Feeds the audit writer's batches and syncs into the metrics.
+#[derive(Debug, Clone)]
+pub struct AuditMetrics {
+    fsync_duration: Histogram,
+    batch_size: Histogram,
+}
+
+impl Metrics {
+    /// The observer to hand the audit writer, so its work shows up here.
+    pub fn audit_observer(&self) -> AuditMetrics {
+        AuditMetrics {
+            fsync_duration: self.audit_fsync_duration.clone(),
+            batch_size: self.audit_batch_size.clone(),
+        }
+    }
+}
+
+impl crate::audit::AuditObserver for AuditMetrics {
+    fn batch_committed(&self, records: usize) {
+        self.batch_size.observe(records as f64);
+    }
+
+    fn synced(&self, took: std::time::Duration) {
+        self.fsync_duration.observe(took.as_secs_f64());
     }
 }

@@ -63,6 +63,17 @@ pub struct AuditSettings {
     pub sync_interval: Duration,
     /// Capacity of the bounded queue in front of the writer thread.
     pub queue_capacity: usize,
+    /// Told about every committed batch and every fdatasync (metrics); `None`: nobody.
+    pub observer: Option<Arc<dyn AuditObserver>>,
+}
+
+/// Watches the writer thread's work, for metrics. Called on the writer thread between
+/// write and reply, so it must be cheap and must never block.
+pub trait AuditObserver: Send + Sync + std::fmt::Debug {
+    /// A batch of `records` was written (and synced, as the mode demands).
+    fn batch_committed(&self, records: usize);
+    /// One fdatasync of the log succeeded after `took`.
+    fn synced(&self, took: Duration);
 }
 
 /// How the file is managed beyond appending; the default rolls never and repairs nothing.
@@ -308,6 +319,7 @@ impl AuditLog {
                 rotate_interval: options.rotate_interval,
                 probe_interval: timers.probe,
                 rotate_retry: timers.rotate_retry,
+                observer: settings.observer.clone(),
             },
             tail,
             health.clone(),

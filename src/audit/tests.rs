@@ -20,6 +20,7 @@ pub(super) fn settings(path: &Path, sync: SyncMode) -> AuditSettings {
         sync,
         sync_interval: Duration::from_millis(50),
         queue_capacity: 1024,
+        observer: None,
     }
 }
 

@@ -100,6 +100,7 @@ pub(super) struct Config {
     pub probe_interval: Duration,
     /// [`ROTATE_RETRY`] except in tests.
     pub rotate_retry: Duration,
+    pub observer: Option<Arc<dyn super::AuditObserver>>,
 }
 
 /// Turns a freshly created active file into the sink (the identity in production).
@@ -182,7 +183,8 @@ impl<S: Sink> Writer<S> {
                 self.rotate();
             }
         }
-        if self.unsynced {
+        // At shutdown the log is synced whatever the mode: `never` only means no sync per batch.
+        if self.unsynced || (self.cfg.sync == SyncMode::Never && self.cfg.regular) {
             self.sync_idle();
         }
     }
@@ -290,6 +292,9 @@ impl<S: Sink> Writer<S> {
                 self.next_seq = seq;
                 self.prev_hash = prev_hash;
                 self.recovered();
+                if let Some(observer) = &self.cfg.observer {
+                    observer.batch_committed(answers.len());
+                }
                 for (reply, receipt) in answers {
                     // The requester may have gone away; its record is written all the same.
                     let _ = reply.send(Ok(receipt));
@@ -341,8 +346,13 @@ impl<S: Sink> Writer<S> {
         if self.sync_unsupported {
             return Ok(());
         }
+        let started = Instant::now();
         match self.sink.sync() {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(observer) = &self.cfg.observer {
+                    observer.synced(started.elapsed());
+                }
+            }
             // EINVAL: a pipe or device that cannot be synced; there is nothing to make durable.
             Err(e) if !self.cfg.regular && e.kind() == io::ErrorKind::InvalidInput => {
                 tracing::warn!(

@@ -12,6 +12,8 @@ use crate::admin::Admin;
 use crate::approval::UsedTokens;
 use crate::audit::{expand_path, AuditError, AuditLog, AuditSettings, FileOptions};
 use crate::config::{Config, LogFormat};
+use crate::decision::Runtime;
+use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
 use crate::server::{Gate, Server};
 
@@ -42,6 +44,7 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     let profiles = ProfileStore::new(&config.profiles_root);
     preload_profiles(&profiles)?;
 
+    let metrics = Arc::new(Metrics::new(&Runtime::current()));
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let audit_path = expand_path(&config.audit.path_template, std::process::id(), &hostname);
     if let Some(dir) = audit_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -54,6 +57,7 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             sync: config.audit.sync,
             sync_interval: config.audit.sync_interval,
             queue_capacity: AUDIT_QUEUE_CAPACITY,
+            observer: Some(Arc::new(metrics.audit_observer())),
         },
         FileOptions {
             rotate_bytes: config.audit.rotate_bytes,
@@ -69,6 +73,7 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let mut gate = Gate::new(&config, profiles, audit);
+        gate.metrics = Arc::clone(&metrics);
         if let Some(path) = &config.single_use_ledger {
             let ledger = UsedTokens::open(path).with_context(|| {
                 format!("cannot open the single-use ledger `{}`", path.display())

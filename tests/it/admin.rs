@@ -58,6 +58,8 @@ fn probes_metrics_and_openapi() {
         "ecl_decision_duration_seconds_count 6",
         "ecl_audit_append_duration_seconds_count 6",
         "ecl_audit_write_failures_total 0",
+        // Every record went through a committed batch; sequential requests, one per batch.
+        "ecl_audit_batch_size_sum 6.0",
         "ecl_requests_in_flight 0",
         "ecl_profiles_loaded 3",
     ] {
@@ -67,6 +69,16 @@ fn probes_metrics_and_openapi() {
         );
     }
     assert!(metrics.contains("ecl_build_info{version=\""), "{metrics}");
+    let fsyncs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ecl_audit_fsync_duration_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        fsyncs >= 6,
+        "sync = always: one fdatasync per batch at least ({fsyncs})"
+    );
 
     let (status, yaml) = get(&admin, "/openapi.yaml");
     assert_eq!(status, 200);

@@ -47,6 +47,7 @@ async fn write_records(path: &Path, n: u64) {
             sync: SyncMode::Never,
             sync_interval: Duration::from_millis(50),
             queue_capacity: 16,
+            observer: None,
         },
         FileOptions::default(),
     )

@@ -87,6 +87,7 @@ impl TestGate {
             sync: options.sync,
             sync_interval: Duration::from_millis(50),
             queue_capacity: 4096,
+            observer: None,
         })
         .unwrap();
         let profiles = ProfileStore::new(&options.profiles_root);
