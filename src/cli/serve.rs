@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -10,6 +11,7 @@ use crate::approval::UsedTokens;
 use crate::audit::{expand_path, AuditLog, AuditSettings};
 use crate::config::{Config, LogFormat};
 use crate::profile::{is_valid_ref, ProfileStore};
+use crate::proxy::{missing_upstream, Proxy};
 use crate::server::{Gate, Server};
 
 use super::EXIT_CONFIG;
@@ -29,6 +31,13 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
 
     let profiles = ProfileStore::new(&config.profiles_root);
     preload_profiles(&profiles)?;
+    let proxy = match proxy_mode(&config, &profiles)? {
+        Ok(proxy) => proxy,
+        Err(message) => {
+            eprintln!("error: invalid configuration: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
 
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let audit_path = expand_path(&config.audit.path_template, std::process::id(), &hostname);
@@ -56,13 +65,14 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             })?;
             gate.used_tokens = Some(std::sync::Arc::new(ledger));
         }
+        gate.proxy = proxy;
         let server = Server::bind(config.listen, std::sync::Arc::new(gate))
             .await
             .with_context(|| format!("cannot listen on `{}`", config.listen))?;
         let addr = server.local_addr()?;
         tracing::info!(
             listen = %addr,
-            mode = "decide",
+            mode = if config.proxy.is_some() { "proxy" } else { "decide" },
             audit = %audit_path.display(),
             sync = ?config.audit.sync,
             profiles_root = %config.profiles_root.display(),
@@ -99,6 +109,39 @@ fn preload_profiles(profiles: &ProfileStore) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Proxy mode (issue 4): checks that every tool a loaded profile allows has an upstream
+/// (`Ok(Err(message))` otherwise, a configuration error), then builds the forwarding client.
+fn proxy_mode(
+    config: &Config,
+    profiles: &ProfileStore,
+) -> anyhow::Result<Result<Option<Arc<Proxy>>, String>> {
+    let Some(proxy_config) = &config.proxy else {
+        return Ok(Ok(None));
+    };
+    if let Some((tool, id, version)) = missing_upstream(profiles, &proxy_config.upstreams) {
+        return Ok(Err(format!(
+            "invalid value for `upstreams`: tool `{tool}` (allowed by profile `{id}` version \
+             `{version}`) has no `[upstreams.\"{tool}\"]`; in proxy mode every allowed tool needs one"
+        )));
+    }
+    for (tool, upstream) in &proxy_config.upstreams {
+        if upstream.url.scheme_str() == Some("http") {
+            tracing::warn!(
+                %tool,
+                "upstream is plain http: its credentials and grants cross the network unencrypted"
+            );
+        }
+    }
+    let proxy = Proxy::new(proxy_config)?;
+    tracing::info!(
+        upstreams = proxy_config.upstreams.len(),
+        grant_kid = %proxy_config.signer.kid(),
+        grant_ttl = ?proxy_config.signer.ttl(),
+        "proxy mode: ALLOWed calls are forwarded with a grant"
+    );
+    Ok(Ok(Some(Arc::new(proxy))))
 }
 
 fn init_logging(config: &Config) {

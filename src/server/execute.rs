@@ -220,7 +220,16 @@ async fn record_and_respond(
                 seq = block.seq,
                 "decided"
             );
-            respond(StatusCode::OK, &decision.body(Some(&block)))
+            let mut body = decision.body(Some(&block));
+            let mut status = StatusCode::OK;
+            // Proxy mode: only now, with the decision record persisted, may an ALLOW be
+            // forwarded; the outcome gets its own record before the answer leaves.
+            if let Some(proxy) = &gate.proxy {
+                status = proxy
+                    .execute(&gate.audit, &decision, &block, &mut body)
+                    .await;
+            }
+            respond(status, &body)
         }
         Err(err) => {
             tracing::error!(

@@ -22,6 +22,8 @@ pub struct Gate {
     pub decide: DecideFn,
     /// The single-use ledger, when `approvals.single_use` is on.
     pub used_tokens: Option<Arc<UsedTokens>>,
+    /// Proxy mode: forwards ALLOWed calls after their decision record is written.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Gate {
@@ -35,6 +37,7 @@ impl Gate {
             include_request: config.audit.include_request,
             decide: decision::decide,
             used_tokens: None,
+            proxy: None,
         }
     }
 }
