@@ -209,17 +209,12 @@ impl UpstreamClient {
 
 /// Sorts a client error into connect / TLS / protocol, by what its source chain holds.
 fn classify(err: hyper_util::client::legacy::Error) -> UpstreamError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = err.source();
+    if let Some(tls) = err.source().and_then(find_tls) {
+        return UpstreamError::Tls(tls);
+    }
     let mut innermost = err.to_string();
+    let mut source = err.source();
     while let Some(current) = source {
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-            return UpstreamError::Tls(tls.to_string());
-        }
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                return UpstreamError::Tls(tls.to_string());
-            }
-        }
         innermost = current.to_string();
         source = current.source();
     }
@@ -228,4 +223,22 @@ fn classify(err: hyper_util::client::legacy::Error) -> UpstreamError {
     } else {
         UpstreamError::Protocol(innermost)
     }
+}
+
+/// The rustls error in `err`'s chain, if any. An `io::Error` wrapping another error reports the
+/// wrapped error's *source* as its own, skipping the wrapped error itself (and tokio-rustls's
+/// error is wrapped twice), so wrapped errors are opened explicitly.
+fn find_tls(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(tls) = find_tls(inner) {
+            return Some(tls);
+        }
+    }
+    err.source().and_then(find_tls)
 }

@@ -6,9 +6,17 @@ mod approvals;
 mod audit;
 mod cli;
 mod common;
+mod deploy;
 mod determinism;
 mod execute;
 mod internal;
 mod profiles;
+mod proxy;
 mod replay;
 mod vectors;
+
+/// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the
+/// very code the example ships.
+#[path = "../../examples/demo_tool.rs"]
+#[allow(dead_code)]
+mod demo_tool;

@@ -1,0 +1,1 @@
+//! Deploy files (placeholder)
