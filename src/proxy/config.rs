@@ -69,12 +69,18 @@ pub enum RawHeaderValue {
 #[serde(deny_unknown_fields)]
 pub struct EnvRef {
     pub env: String,
+    /// Put before the value, e.g. `"Bearer "` when the secret holds the bare token.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRef {
     pub file: PathBuf,
+    /// Put before the value, e.g. `"Bearer "` when the secret holds the bare token.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 /// `[grants]`.
@@ -358,8 +364,8 @@ fn upstream(tool: &str, raw: RawUpstream) -> Result<Upstream, ConfigError> {
 fn resolve(key: &str, value: RawHeaderValue) -> Result<String, ConfigError> {
     match value {
         RawHeaderValue::Literal(text) => Ok(text),
-        RawHeaderValue::Env(EnvRef { env }) => match std::env::var(&env) {
-            Ok(text) if !text.is_empty() => Ok(text),
+        RawHeaderValue::Env(EnvRef { env, prefix }) => match std::env::var(&env) {
+            Ok(text) if !text.is_empty() => Ok(prefix.unwrap_or_default() + &text),
             Ok(_) => Err(invalid(
                 key.to_owned(),
                 format!("environment variable `{env}` is empty"),
@@ -369,7 +375,7 @@ fn resolve(key: &str, value: RawHeaderValue) -> Result<String, ConfigError> {
                 format!("environment variable `{env}` is not set"),
             )),
         },
-        RawHeaderValue::File(FileRef { file }) => {
+        RawHeaderValue::File(FileRef { file, prefix }) => {
             let text = std::fs::read_to_string(&file).map_err(|err| {
                 invalid(
                     key.to_owned(),
@@ -384,7 +390,7 @@ fn resolve(key: &str, value: RawHeaderValue) -> Result<String, ConfigError> {
                     format!("`{}` is empty", file.display()),
                 ));
             }
-            Ok(text.to_owned())
+            Ok(prefix.unwrap_or_default() + text)
         }
     }
 }

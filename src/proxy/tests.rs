@@ -41,7 +41,7 @@ fn a_proxy_config_loads_with_credentials_from_env_and_file() {
             "gate.toml",
             &format!(
                 "{BASE}timeout_ms = 2500\naudience = \"mail\"\n\
-                 headers = {{ Authorization = {{ env = \"EMAIL_API_KEY\" }}, \"X-Api-Key\" = {{ file = \"api-key\" }}, \"X-Team\" = \"ops\" }}\n"
+                 headers = {{ Authorization = {{ env = \"EMAIL_API_KEY\", prefix = \"Bearer \" }}, \"X-Api-Key\" = {{ file = \"api-key\" }}, \"X-Team\" = \"ops\" }}\n"
             ),
         )?;
         let config = load("gate.toml").map_err(|e| e.to_string())?;
@@ -58,7 +58,10 @@ fn a_proxy_config_loads_with_credentials_from_env_and_file() {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.to_str().unwrap().to_owned())
         };
-        assert_eq!(header("authorization").as_deref(), Some("s3cret-from-env"));
+        assert_eq!(
+            header("authorization").as_deref(),
+            Some("Bearer s3cret-from-env")
+        );
         assert_eq!(header("x-api-key").as_deref(), Some("s3cret-from-file"));
         assert_eq!(header("x-team").as_deref(), Some("ops"));
         assert_eq!(proxy.signer.ttl(), Duration::from_secs(30));

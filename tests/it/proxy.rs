@@ -69,6 +69,7 @@ fn proxy_config(dir: &Path, upstreams: Vec<(&str, RawUpstream)>, tls: RawTls) ->
                 "Authorization".into(),
                 RawHeaderValue::File(FileRef {
                     file: credential.clone(),
+                    prefix: None,
                 }),
             );
             (tool.to_owned(), raw)
