@@ -90,7 +90,8 @@ pub struct RawGrants {
     /// PKCS#8 PEM Ed25519 private key (`ecl-gate keygen` writes one); required in proxy mode.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
-    /// Key id in the grant header; default: derived from the public key, as `keygen` names it.
+    /// Key id in the grant header; default: derived from the public key (the id `keygen` picks
+    /// when not given `--kid`).
     #[serde(default)]
     pub kid: Option<String>,
     pub ttl: String,
