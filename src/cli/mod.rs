@@ -6,6 +6,7 @@
 mod approve;
 mod audit;
 mod decide;
+mod grant;
 mod hash;
 mod profiles;
 mod replay;
@@ -106,6 +107,9 @@ enum Command {
     /// Profile tools
     #[command(subcommand)]
     Profiles(profiles::ProfilesCommand),
+    /// Grant tools (proxy mode): verify an `ECL-Grant` as a tool would
+    #[command(subcommand)]
+    Grant(grant::GrantCommand),
 }
 
 pub const EXIT_PROBLEM: u8 = 1;
@@ -145,6 +149,7 @@ pub fn run() -> ExitCode {
             approver,
         }),
         Command::Profiles(command) => profiles::run(command, config),
+        Command::Grant(command) => grant::run(command),
     };
     match result {
         Ok(code) => code,

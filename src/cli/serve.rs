@@ -15,6 +15,7 @@ use crate::config::{Config, LogFormat};
 use crate::decision::Runtime;
 use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
+use crate::proxy::{missing_upstream, Proxy};
 use crate::server::{Gate, Server};
 
 use super::EXIT_CONFIG;
@@ -43,6 +44,13 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
 
     let profiles = ProfileStore::new(&config.profiles_root);
     preload_profiles(&profiles)?;
+    let proxy = match proxy_mode(&config, &profiles)? {
+        Ok(proxy) => proxy,
+        Err(message) => {
+            eprintln!("error: invalid configuration: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
 
     let metrics = Arc::new(Metrics::new(&Runtime::current()));
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
@@ -80,6 +88,7 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             })?;
             gate.used_tokens = Some(Arc::new(ledger));
         }
+        gate.proxy = proxy;
         let gate = Arc::new(gate);
         let server = Server::bind(config.listen, Arc::clone(&gate))
             .await
@@ -94,7 +103,7 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         tracing::info!(
             listen = %addr,
             admin = %admin_addr,
-            mode = "decide",
+            mode = if config.proxy.is_some() { "proxy" } else { "decide" },
             audit = %audit_path.display(),
             sync = ?config.audit.sync,
             rotate_bytes = config.audit.rotate_bytes,
@@ -205,6 +214,39 @@ fn log_effective_config(config: &Config) {
         shutdown_grace = ?config.shutdown_grace,
         "effective configuration"
     );
+}
+
+/// Proxy mode (issue 4): checks that every tool a loaded profile allows has an upstream
+/// (`Ok(Err(message))` otherwise, a configuration error), then builds the forwarding client.
+fn proxy_mode(
+    config: &Config,
+    profiles: &ProfileStore,
+) -> anyhow::Result<Result<Option<Arc<Proxy>>, String>> {
+    let Some(proxy_config) = &config.proxy else {
+        return Ok(Ok(None));
+    };
+    if let Some((tool, id, version)) = missing_upstream(profiles, &proxy_config.upstreams) {
+        return Ok(Err(format!(
+            "invalid value for `upstreams`: tool `{tool}` (allowed by profile `{id}` version \
+             `{version}`) has no `[upstreams.\"{tool}\"]`; in proxy mode every allowed tool needs one"
+        )));
+    }
+    for (tool, upstream) in &proxy_config.upstreams {
+        if upstream.url.scheme_str() == Some("http") {
+            tracing::warn!(
+                %tool,
+                "upstream is plain http: its credentials and grants cross the network unencrypted"
+            );
+        }
+    }
+    let proxy = Proxy::new(proxy_config)?;
+    tracing::info!(
+        upstreams = proxy_config.upstreams.len(),
+        grant_kid = %proxy_config.signer.kid(),
+        grant_ttl = ?proxy_config.signer.ttl(),
+        "proxy mode: ALLOWed calls are forwarded with a grant"
+    );
+    Ok(Ok(Some(Arc::new(proxy))))
 }
 
 fn init_logging(config: &Config) {

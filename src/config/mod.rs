@@ -36,6 +36,9 @@ pub enum ConfigError {
     Extract(Box<figment::Error>),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key whose name is only known at run time, e.g. `upstreams."email.send".url`.
+    #[error("invalid value for `{key}`: {message}")]
+    InvalidKey { key: String, message: String },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -63,6 +66,11 @@ pub struct RawConfig {
     pub audit: RawAudit,
     pub approvals: RawApprovals,
     pub log: RawLog,
+    // Proxy mode (issue 4); validated in `crate::proxy::config`, used only with `mode = "proxy"`.
+    pub max_upstream_body_bytes: u64,
+    pub upstreams: std::collections::BTreeMap<String, crate::proxy::config::RawUpstream>,
+    pub grants: crate::proxy::config::RawGrants,
+    pub tls: crate::proxy::config::RawTls,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +146,10 @@ impl Default for RawConfig {
                 format: "pretty".into(),
                 include_args: false,
             },
+            max_upstream_body_bytes: crate::proxy::config::DEFAULT_MAX_UPSTREAM_BODY_BYTES,
+            upstreams: Default::default(),
+            grants: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -147,6 +159,9 @@ impl Default for RawConfig {
 pub enum Mode {
     /// Answer the decision; never call a tool.
     Decide,
+    /// Also forward an ALLOWed call to the tool's upstream, with a grant, after its decision
+    /// record is written.
+    Proxy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +187,8 @@ pub struct Config {
     /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
     pub single_use_ledger: Option<PathBuf>,
     pub log: LogConfig,
+    /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
+    pub proxy: Option<crate::proxy::ProxyConfig>,
 }
 
 /// Bounds on what clients can make the gate hold at once.
@@ -265,13 +282,13 @@ impl RawConfig {
         }
         let mode = match self.mode.as_str() {
             "decide" => Mode::Decide,
-            "proxy" => {
+            "proxy" => Mode::Proxy,
+            other => {
                 return Err(invalid(
                     "mode",
-                    "`proxy` is not available in this version; use `decide`",
+                    format!("`{other}`, expected `decide` or `proxy`"),
                 ))
             }
-            other => return Err(invalid("mode", format!("`{other}`, expected `decide`"))),
         };
         if self.profiles_root.as_os_str().is_empty() {
             return Err(invalid("profiles_root", "must not be empty"));
@@ -371,7 +388,18 @@ impl RawConfig {
             None
         };
         let approvals = self.approvals.validate()?;
+        // Upstreams and grants are read (credentials, keys) only when they will be used.
+        let proxy = match mode {
+            Mode::Proxy => Some(crate::proxy::config::validate(
+                self.upstreams,
+                self.grants,
+                self.tls,
+                self.max_upstream_body_bytes,
+            )?),
+            Mode::Decide => None,
+        };
         Ok(Config {
+            proxy,
             approvals,
             single_use_ledger,
             listen,

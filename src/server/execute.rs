@@ -263,7 +263,16 @@ async fn record_and_respond(
             (StatusCode::SERVICE_UNAVAILABLE, failed, None)
         }
     };
-    let response = respond(status, &answered.body(audit.as_ref()));
+    let mut body = answered.body(audit.as_ref());
+    let mut status = status;
+    // Proxy mode: only now, with the decision record persisted, may an ALLOW be forwarded;
+    // the outcome gets its own record before the answer leaves.
+    if let (Some(proxy), Some(block)) = (&gate.proxy, &audit) {
+        status = proxy
+            .execute(&gate.audit, &answered, block, &mut body)
+            .await;
+    }
+    let response = respond(status, &body);
     let elapsed = arrival.clock.elapsed();
     gate.metrics.decided(
         answered.decision_type,

@@ -31,6 +31,8 @@ pub struct Gate {
     pub log_args: bool,
     /// The single-use ledger, when `approvals.single_use` is on.
     pub used_tokens: Option<Arc<UsedTokens>>,
+    /// Proxy mode: forwards ALLOWed calls after their decision record is written.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Gate {
@@ -48,6 +50,7 @@ impl Gate {
             metrics: Arc::new(Metrics::new(&Runtime::current())),
             log_args: config.log.include_args,
             used_tokens: None,
+            proxy: None,
         }
     }
 }

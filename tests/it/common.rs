@@ -41,6 +41,8 @@ pub struct Options {
     pub single_use_ledger: Option<PathBuf>,
     pub include_request: bool,
     pub max_in_flight: u64,
+    /// Proxy mode: upstreams and grant signer (tests/it/proxy.rs).
+    pub proxy: Option<ecl_gate::proxy::ProxyConfig>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             single_use_ledger: None,
             include_request: false,
             max_in_flight: 1024,
+            proxy: None,
         }
     }
 }
@@ -98,6 +101,9 @@ impl TestGate {
         gate.context.approvals = options.approvals;
         if let Some(path) = options.single_use_ledger {
             gate.used_tokens = Some(Arc::new(UsedTokens::open(&path).unwrap()));
+        }
+        if let Some(proxy) = &options.proxy {
+            gate.proxy = Some(Arc::new(ecl_gate::proxy::Proxy::new(proxy).unwrap()));
         }
         let server = Server::bind(config.listen, Arc::new(gate)).await.unwrap();
         let addr = server.local_addr().unwrap();

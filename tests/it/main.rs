@@ -9,11 +9,19 @@ mod audit_cli;
 mod cli;
 mod common;
 mod crashtest;
+mod deploy;
 mod determinism;
 mod execute;
 mod hostile;
 mod internal;
 mod profiles;
 mod props;
+mod proxy;
 mod replay;
 mod vectors;
+
+/// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the
+/// very code the example ships.
+#[path = "../../examples/demo_tool.rs"]
+#[allow(dead_code)]
+mod demo_tool;
