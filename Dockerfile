@@ -34,6 +34,7 @@ COPY profiles /srv/ecl-gate/profiles
 
 ENV ECL_CONFIG=/etc/ecl-gate/ecl-gate.toml \
     ECL_LISTEN=0.0.0.0:8000 \
+    ECL_ADMIN_LISTEN=0.0.0.0:9000 \
     ECL_PROFILES_ROOT=/srv/ecl-gate/profiles \
     ECL_AUDIT__PATH=/var/lib/ecl-gate/audit/ecl-audit-{hostname}.log \
     ECL_LOG__FORMAT=json
@@ -41,10 +42,10 @@ ENV ECL_CONFIG=/etc/ecl-gate/ecl-gate.toml \
 WORKDIR /srv/ecl-gate
 VOLUME ["/var/lib/ecl-gate/audit"]
 USER 10001:10001
-EXPOSE 8000
-# There is no admin listener yet (/healthz comes with it): this is a TCP probe of the
-# execution port, which shows the gate is accepting connections, not that it is deciding well.
+EXPOSE 8000 9000
+# Readiness from the admin listener: the execution listener serves, profiles are readable and
+# the audit log takes writes. bash's /dev/tcp does the GET, so the image needs no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8000"]
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9000 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["/usr/local/bin/ecl-gate"]
 CMD ["serve"]

@@ -109,9 +109,13 @@ fn the_dockerfile_is_multi_stage_slim_non_root_with_port_and_healthcheck() {
     assert!(from.last().unwrap().contains("slim"), "{from:?}");
     let user = lines.iter().find(|l| l.starts_with("USER ")).unwrap();
     assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
-    assert!(lines.contains(&format!("EXPOSE {GATE_PORT}").as_str()));
+    let expose = lines.iter().find(|l| l.starts_with("EXPOSE ")).unwrap();
+    assert!(expose.split_whitespace().any(|p| p == GATE_PORT.to_string()), "{expose}");
+    assert!(expose.split_whitespace().any(|p| p == "9000"), "admin port: {expose}");
     assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK")));
-    assert!(text.contains(&format!("/dev/tcp/127.0.0.1/{GATE_PORT}")));
+    // The health check asks the admin listener for readiness, not just for an open port.
+    assert!(text.contains("/dev/tcp/127.0.0.1/9000") && text.contains("GET /readyz"));
+    assert!(text.contains("ECL_ADMIN_LISTEN=0.0.0.0:9000"));
     assert!(text.contains(&format!("docker build -t {IMAGE} .")));
     // The binaries compose and Kubernetes start are the ones built and copied.
     assert!(text.contains("--bin ecl-gate --example demo_tool"));
