@@ -15,4 +15,5 @@ mod internal;
 mod profiles;
 mod props;
 mod replay;
+mod schemas;
 mod vectors;
