@@ -37,7 +37,7 @@ pub fn check(tool: &ToolPolicy, args: &Value) -> Result<RulesPassed, RuleFailure
         return Err(RuleFailure {
             reason: ReasonCode::ConstraintEvalError,
             detail: format!(
-                "tool `{}` has argument rules, so its args must be an object, found {}",
+                "tool `{}` checks its arguments, so its args must be an object, found {}",
                 tool.name,
                 args.type_name()
             ),
@@ -86,6 +86,14 @@ pub fn check(tool: &ToolPolicy, args: &Value) -> Result<RulesPassed, RuleFailure
 }
 
 fn check_rule(rule: &ArgRule, args: &Value) -> Check {
+    // A rule of a type the gate does not know can never be checked, present value or not:
+    // failing closed here keeps a typo in a profile from silently passing an optional rule.
+    if let RuleKind::Unknown(kind) = &rule.kind {
+        return Check::CannotEvaluate(format!(
+            "rule for `{}` has unknown type `{kind}`",
+            rule.path
+        ));
+    }
     let value = match resolve(args, &rule.steps) {
         None | Some(Value::Null) if !rule.required => return Check::Conforms,
         None | Some(Value::Null) => return Check::Violated("is missing".to_owned()),

@@ -18,6 +18,7 @@ mod profiles;
 mod props;
 mod proxy;
 mod replay;
+mod schemas;
 mod vectors;
 
 /// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the

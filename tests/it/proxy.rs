@@ -312,6 +312,13 @@ async fn forward_to(raw: RawUpstream, tls: RawTls) -> (u16, Value, Value) {
     let outcome = records[1].clone();
     assert_eq!(outcome["record_type"].str(), "outcome");
     assert_eq!(outcome["provenance_id"], answer["provenance_id"]);
+    // Proxy answers, tool errors included, are what openapi.yaml says they are.
+    let doc = crate::schemas::openapi();
+    crate::schemas::assert_valid(
+        &crate::schemas::execute_response(&doc, status),
+        &crate::schemas::to_json(&answer),
+        "proxy answer",
+    );
     (status, answer, outcome)
 }
 
