@@ -94,13 +94,18 @@ impl Admin {
 
 fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return json(
+        let mut response = json(
             StatusCode::METHOD_NOT_ALLOWED,
             &Value::object([(
                 "error",
                 "method not allowed: the admin endpoints take GET".into(),
             )]),
         );
+        // RFC 9110 §15.5.6: a 405 lists what the resource does allow.
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
     match request.uri().path() {
         "/healthz" => json(StatusCode::OK, &Value::object([("status", "ok".into())])),

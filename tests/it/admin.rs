@@ -88,6 +88,20 @@ fn probes_metrics_and_openapi() {
         &yaml[..yaml.len().min(40)]
     );
     assert_eq!(get(&admin, "/v1/execute").0, 404);
+    // Found by schemathesis: a 405 must say which methods are allowed (RFC 9110).
+    let mut stream = TcpStream::connect(&admin).unwrap();
+    write!(
+        stream,
+        "DELETE /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: get, head"),
+        "{answer}"
+    );
 
     sigterm(child.id());
     assert!(child.wait().unwrap().success());
