@@ -9,7 +9,7 @@
 //! - `render/*` and `pipeline/*`: the response body, and all CPU work of one request outside
 //!   hyper and the writer thread.
 //!
-//! Approval-token verification is not benchmarked: it does not exist yet.
+//! - `approval/*`: verifying an Ed25519 approval token (SPEC §7a).
 //!
 //! `cargo bench --bench hot_path` measures; `cargo test --benches` (CI) runs each once.
 
@@ -26,10 +26,11 @@ use std::time::{Duration, SystemTime};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ecl_gate::approval::{self, Approvals, Grant};
 use ecl_gate::audit::{AuditLog, AuditSettings, SyncMode};
 use ecl_gate::canonical::{self, Value};
 use ecl_gate::decision::{
-    decide, Attempt, AuditBlock, Decision, ProfileLookup, Runtime, Timestamps,
+    decide, Attempt, AuditBlock, Context, Decision, ProfileLookup, Timestamps,
 };
 use ecl_gate::load::{Scenario, Template};
 use ecl_gate::profile::parse_profile;
@@ -150,7 +151,7 @@ fn twenty_rule_args() -> Value {
 fn allowed(request: &ExecRequest, profile: &ProfileLookup) -> Decision {
     decide(
         Attempt::Request { request, profile },
-        &Runtime::current(),
+        &Context::new(Approvals::default()),
         SystemTime::UNIX_EPOCH,
     )
 }
@@ -238,6 +239,7 @@ fn audit_benches(c: &mut Criterion) {
         sync: SyncMode::Never,
         sync_interval: Duration::from_millis(100),
         queue_capacity: 8192,
+        observer: None,
     })
     .unwrap();
     const IN_FLIGHT: usize = 64;
@@ -298,8 +300,39 @@ fn render_benches(c: &mut Criterion) {
     group.finish();
 }
 
+fn approval_benches(c: &mut Criterion) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let kid = approval::key_id(&key.verifying_key());
+    let mut approvals = Approvals::default();
+    approvals.keys.insert(kid.clone(), key.verifying_key());
+    let intent_hash = request::decode(&typical_body()).unwrap().intent_hash;
+    let token = approval::sign(
+        &key,
+        &kid,
+        &Grant {
+            issuer: "alice@example.com",
+            intent_hash: &intent_hash,
+            issued_at: 1_767_225_600,
+            expires_at: 1_767_225_600 + 600,
+            jti: "01JBENCH0000000000000000",
+        },
+    );
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600 + 60);
+    approvals.verify(&token, &intent_hash, now).unwrap();
+    let mut group = c.benchmark_group("approval");
+    group.bench_function("verify Ed25519 token", |b| {
+        b.iter(|| {
+            approvals
+                .verify(black_box(&token), &intent_hash, now)
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    approval_benches,
     canonical_benches,
     decide_benches,
     audit_benches,

@@ -4,13 +4,19 @@
 //! the I/O around it — [`server`], [`audit`], the profile store and [`config`] — reads bytes,
 //! writes evidence and answers. Nothing in the core touches a socket, a file or the clock.
 
+pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod grant;
 pub mod load;
+pub mod metrics;
 pub mod profile;
+pub mod proxy;
+pub mod replay;
 pub mod request;
 pub mod server;
 mod strict;

@@ -7,27 +7,36 @@
 //! record that was not written, never leave half a record in the file for the next append, and
 //! never advance the chain past a record that was refused.
 //!
-//! - `writer`: the writer thread, group commit, failure handling.
-//! - `recover`: opening an existing file, cutting a torn tail, checking the last record.
-//! - `verify`: streaming verification of whole files for `ecl-gate audit verify`.
+//! The file is locked (`flock`, exclusive) while a gate writes it, so two processes can never
+//! extend one chain. [`AuditLog::is_failing`] tells readiness whether records are being refused.
+//!
+//! - `writer`: the writer thread, group commit, failure handling, rotation.
+//! - `recover`: opening an existing file, cutting a torn tail, checking (or repairing) the
+//!   last record.
+//! - `segment`: the names of the active file, rolled segments and set-aside tails.
+//! - `verify`: streaming verification of whole chains for `ecl-gate audit verify`.
 //! - `record`: the encoding and hashing of one line, shared by the three above.
 
 mod record;
 mod recover;
+pub mod segment;
 mod verify;
 mod writer;
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::canonical::Map;
 
-pub use verify::{verify_files, VerifyFailure, VerifyReport};
+pub use verify::{
+    verify_files, verify_paths, ChainReport, Verification, VerifyFailure, VerifyReport,
+};
 
 /// `prev_hash` of the first record of a chain.
 pub const GENESIS: &str = "sha256:GENESIS";
@@ -54,6 +63,30 @@ pub struct AuditSettings {
     pub sync_interval: Duration,
     /// Capacity of the bounded queue in front of the writer thread.
     pub queue_capacity: usize,
+    /// Told about every committed batch and every fdatasync (metrics); `None`: nobody.
+    pub observer: Option<Arc<dyn AuditObserver>>,
+}
+
+/// Watches the writer thread's work, for metrics. Called on the writer thread between
+/// write and reply, so it must be cheap and must never block.
+pub trait AuditObserver: Send + Sync + std::fmt::Debug {
+    /// A batch of `records` was written (and synced, as the mode demands).
+    fn batch_committed(&self, records: usize);
+    /// One fdatasync of the log succeeded after `took`.
+    fn synced(&self, took: Duration);
+}
+
+/// How the file is managed beyond appending; the default rolls never and repairs nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Roll to a new file once the active one holds this many bytes; 0: never.
+    pub rotate_bytes: u64,
+    /// Roll to a new file once the active one is this old (counted from when this process
+    /// opened or created it) and holds a record.
+    pub rotate_interval: Option<Duration>,
+    /// At open, move a tail that does not verify aside (`<file>.tampered-<unix-seconds>`)
+    /// instead of refusing to start.
+    pub repair_tail: bool,
 }
 
 /// Expands `{pid}` and `{hostname}` in a configured path template.
@@ -91,13 +124,27 @@ pub struct Receipt {
 pub enum AuditError {
     #[error("cannot open audit log `{}`: {source}", .path.display())]
     Open { path: PathBuf, source: io::Error },
+    #[error(
+        "audit log `{}` is in use by another process (it holds the file's lock): two writers would fork the chain",
+        .path.display()
+    )]
+    Locked { path: PathBuf },
     #[error("cannot recover the tail of audit log `{}`: {source}", .path.display())]
     Recover { path: PathBuf, source: io::Error },
-    #[error("audit log `{}` was tampered with at seq {seq}: {reason}", .path.display())]
+    #[error("audit log `{}` does not verify at {}: {reason}", .path.display(), at(*.seq, *.offset))]
     Tampered {
         path: PathBuf,
-        seq: u64,
+        /// The record's seq, when the line was readable that far.
+        seq: Option<u64>,
+        /// Where the line starts.
+        offset: u64,
         reason: String,
+    },
+    #[error("cannot move the bad tail of audit log `{}` to `{}`: {source}", .path.display(), .aside.display())]
+    Repair {
+        path: PathBuf,
+        aside: PathBuf,
+        source: io::Error,
     },
     #[error("audit log `{}` is corrupt: {reason}", .path.display())]
     Corrupt { path: PathBuf, reason: String },
@@ -107,6 +154,50 @@ pub enum AuditError {
     Write(#[source] io::Error),
     #[error("audit writer has stopped")]
     Closed,
+}
+
+fn at(seq: Option<u64>, offset: u64) -> String {
+    match seq {
+        Some(seq) => format!("seq {seq} (byte {offset})"),
+        None => format!("byte {offset}"),
+    }
+}
+
+/// What readiness needs to know about the log; see [`AuditLog::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHealth {
+    /// Records are being refused: the last batch (or probe) failed and none succeeded since.
+    pub failing: bool,
+    /// Refused batches, failed probes and failed fdatasyncs since open.
+    pub failures: u64,
+    /// The last write or fdatasync error, kept after recovery for diagnosis.
+    pub last_error: Option<String>,
+}
+
+/// Shared between the writer thread (which sets it) and every handle (which reads it).
+#[derive(Debug, Default)]
+struct HealthState {
+    failing: AtomicBool,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl HealthState {
+    fn set_failing(&self, error: &io::Error) {
+        self.failing.store(true, Ordering::Release);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error.to_string());
+        }
+    }
+
+    fn set_ok(&self) {
+        self.failing.store(false, Ordering::Release);
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
 }
 
 /// Handle to the audit log; cheap to clone, shared by every request.
@@ -123,6 +214,7 @@ struct Shared {
     path: PathBuf,
     stream: Arc<str>,
     disabled: bool,
+    health: Arc<HealthState>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -148,16 +240,27 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Blocking. Opens/creates the file (append, mode 0o640), recovers the tail, spawns the
-    /// writer thread.
+    /// Blocking. Opens/creates the file (append, mode 0o640), locks it, recovers the tail,
+    /// spawns the writer thread.
     pub fn open(settings: AuditSettings) -> Result<AuditLog, AuditError> {
-        Self::open_with(settings, |file| file)
+        Self::open_with(settings, FileOptions::default())
     }
 
-    /// [`AuditLog::open`] with the file wrapped in another sink (fault injection in tests).
-    fn open_with<S: writer::Sink>(
+    /// [`AuditLog::open`] with rotation and tail repair as `options` say.
+    pub fn open_with(
         settings: AuditSettings,
-        wrap: impl FnOnce(std::fs::File) -> S,
+        options: FileOptions,
+    ) -> Result<AuditLog, AuditError> {
+        Self::open_sink(settings, options, Box::new(|file| file), Timers::default())
+    }
+
+    /// [`AuditLog::open_with`] with every file the writer writes wrapped in another sink
+    /// (fault injection in tests).
+    fn open_sink<S: writer::Sink>(
+        settings: AuditSettings,
+        options: FileOptions,
+        mut wrap: writer::Wrap<S>,
+        timers: Timers,
     ) -> Result<AuditLog, AuditError> {
         let path = settings.path.clone();
         let open_err = |source| AuditError::Open {
@@ -180,11 +283,17 @@ impl AuditLog {
             );
         }
         let tail = if regular {
-            recover::recover(&mut file, &path)?
+            // Before anything is read or cut: the tail may belong to a live writer.
+            lock(&file, &path)?;
+            recover::recover(&mut file, &path, options.repair_tail)?
         } else {
             // Never read a device or pipe: /dev/full reads as endless zeros.
             recover::Tail::genesis()
         };
+        let rotates = options.rotate_bytes > 0 || options.rotate_interval.is_some();
+        if rotates && !regular {
+            tracing::warn!(path = %path.display(), "the audit log is not a regular file; rotation is off");
+        }
         let stream: Arc<str> = Arc::from(
             path.file_name()
                 .map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy())
@@ -195,17 +304,25 @@ impl AuditLog {
         } else {
             settings.sync
         };
+        let health = Arc::new(HealthState::default());
         let (tx, rx) = flume::bounded(settings.queue_capacity.max(1));
         let state = writer::Writer::new(
             wrap(file),
+            wrap,
             writer::Config {
                 path: path.clone(),
                 stream: stream.clone(),
                 regular,
                 sync,
                 sync_interval: settings.sync_interval,
+                rotate_bytes: options.rotate_bytes,
+                rotate_interval: options.rotate_interval,
+                probe_interval: timers.probe,
+                rotate_retry: timers.rotate_retry,
+                observer: settings.observer.clone(),
             },
             tail,
+            health.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("ecl-audit-writer".into())
@@ -217,6 +334,7 @@ impl AuditLog {
                 path,
                 stream,
                 disabled,
+                health,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -248,6 +366,55 @@ impl AuditLog {
     /// True when the path is `/dev/null`: records are chained but discarded.
     pub fn is_disabled(&self) -> bool {
         self.shared.disabled
+    }
+
+    /// Whether records are being refused right now: true from a failed batch until a batch
+    /// succeeds (or, with no traffic, until the writer's probe, every second, finds the disk
+    /// takes writes again), and once the writer thread is gone. Two atomic loads: cheap
+    /// enough for every `/readyz`.
+    pub fn is_failing(&self) -> bool {
+        self.shared.health.is_failing() || self.tx.is_disconnected()
+    }
+
+    /// [`AuditLog::is_failing`] with the counters and last error, for readiness details.
+    pub fn health(&self) -> AuditHealth {
+        let state = &self.shared.health;
+        AuditHealth {
+            failing: self.is_failing(),
+            failures: state.failures.load(Ordering::Relaxed),
+            last_error: state.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+}
+
+/// The writer's retry timers; tests shorten or lengthen them to stay deterministic.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    probe: Duration,
+    rotate_retry: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            probe: writer::PROBE_INTERVAL,
+            rotate_retry: writer::ROTATE_RETRY,
+        }
+    }
+}
+
+/// Takes the exclusive advisory lock that makes this process the file's only writer. It is
+/// released when the file is closed, a crash included.
+fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::Open {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

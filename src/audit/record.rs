@@ -7,11 +7,14 @@
 //! did not compute while serializing: a substring search for `"record_hash"` could hit a
 //! client-controlled nested object.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
 use crate::canonical::{prefixed, write_canonical, Map, Number, Value};
+
+mod scan;
 
 const INTEGRITY: &str = "integrity";
 const HASH_PREFIX: &str = "sha256:";
@@ -85,17 +88,63 @@ pub(super) struct LineError {
     pub reason: String,
 }
 
-/// The chain fields of a line that passed [`check_line`].
-pub(super) struct Checked {
+/// The chain fields of a line that passed [`check_line`], borrowed from the line when they
+/// could be (verification checks millions of lines; two allocations each would show).
+pub(super) struct Checked<'a> {
     pub seq: u64,
-    pub prev_hash: String,
-    pub record_hash: String,
+    pub prev_hash: Cow<'a, str>,
+    pub record_hash: Cow<'a, str>,
 }
 
 /// Checks one line (without its `\n`): a JSON object, canonical byte for byte, with a `seq`,
 /// an `integrity.prev_hash` and an `integrity.record_hash` that recomputes. `scratch` is a
 /// reusable buffer. Links to other lines are the caller's business.
-pub(super) fn check_line(line: &[u8], scratch: &mut Vec<u8>) -> Result<Checked, LineError> {
+pub(super) fn check_line<'a>(
+    line: &'a [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<Checked<'a>, LineError> {
+    // Nearly every line is plain canonical JSON that the byte-level scan proves canonical
+    // without building a tree; anything it is unsure about takes the full path below, which
+    // also words the error.
+    if let Some(fields) = scan::scan(line) {
+        let quoted_hash = &line[fields.record_hash.clone()];
+        // The scan proved the line UTF-8, so both conversions succeed.
+        if let (true, Ok(prev_hash), Ok(record_hash)) = (
+            hash_matches(line, fields.record_hash.clone(), quoted_hash),
+            std::str::from_utf8(&line[fields.prev_hash]),
+            std::str::from_utf8(unquote(quoted_hash)),
+        ) {
+            return Ok(Checked {
+                seq: fields.seq,
+                prev_hash: Cow::Borrowed(prev_hash),
+                record_hash: Cow::Borrowed(record_hash),
+            });
+        }
+    }
+    check_line_full(line, scratch)
+}
+
+/// `bytes` without its first and last byte (the quotes of a string token).
+fn unquote(bytes: &[u8]) -> &[u8] {
+    bytes
+        .get(1..bytes.len().saturating_sub(1))
+        .unwrap_or_default()
+}
+
+/// Whether `quoted_hash` (the token at `hole`, quotes included) is `"sha256:<hex>"` of `line`
+/// with that token replaced by `""`.
+fn hash_matches(line: &[u8], hole: Range<usize>, quoted_hash: &[u8]) -> bool {
+    let mut hasher = Sha256::new();
+    hasher.update(&line[..hole.start]);
+    hasher.update(b"\"\"");
+    hasher.update(&line[hole.end..]);
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(hasher.finalize(), &mut hex).is_ok()
+        && unquote(quoted_hash).strip_prefix(HASH_PREFIX.as_bytes()) == Some(&hex[..])
+}
+
+/// [`check_line`] through the full parser: parse, re-serialize, compare, hash.
+fn check_line_full<'a>(line: &'a [u8], scratch: &mut Vec<u8>) -> Result<Checked<'a>, LineError> {
     let bad = |seq, reason: &str| LineError {
         seq,
         reason: reason.to_owned(),
@@ -132,20 +181,13 @@ pub(super) fn check_line(line: &[u8], scratch: &mut Vec<u8>) -> Result<Checked, 
         return Err(bad(Some(seq), "line is not canonical JSON"));
     }
     let hole = hole.ok_or_else(|| bad(Some(seq), "integrity.record_hash is missing"))?;
-    let mut hasher = Sha256::new();
-    hasher.update(&line[..hole.start]);
-    hasher.update(b"\"\"");
-    hasher.update(&line[hole.end..]);
-    let mut hex = [0u8; 64];
-    let matches = hex::encode_to_slice(hasher.finalize(), &mut hex).is_ok()
-        && record_hash.strip_prefix(HASH_PREFIX).map(str::as_bytes) == Some(&hex[..]);
-    if !matches {
+    if !hash_matches(line, hole.clone(), &line[hole]) {
         return Err(bad(Some(seq), "record_hash does not match its content"));
     }
     Ok(Checked {
         seq,
-        prev_hash,
-        record_hash,
+        prev_hash: Cow::Owned(prev_hash),
+        record_hash: Cow::Owned(record_hash),
     })
 }
 
@@ -249,7 +291,7 @@ mod tests {
         assert_eq!(line, to_canonical(&Value::Object(expected)).as_slice());
 
         let checked = check_line(line, &mut Vec::new()).unwrap();
-        assert_eq!((checked.seq, checked.prev_hash.as_str()), (7, "sha256:abc"));
+        assert_eq!((checked.seq, checked.prev_hash.as_ref()), (7, "sha256:abc"));
         assert_eq!(checked.record_hash, rh);
     }
 
@@ -272,6 +314,136 @@ mod tests {
         assert!(check_line(&out[..out.len() - 1], &mut Vec::new()).is_ok());
     }
     const GENESIS_STR: &str = super::super::GENESIS;
+
+    /// Records that exercise every branch of the fast scan, and some it leaves to the parser.
+    fn varied() -> Vec<Map> {
+        let weird = [
+            Value::from(
+                "quote \" backslash \\ newline \n tab \t bell \u{7} del \u{7f} é 😀 \u{2028}",
+            ),
+            Value::from(-12i64),
+            Value::Number(crate::canonical::Number::Float(1.5e-7)),
+            Value::from(u64::MAX),
+            Value::Number(crate::canonical::Number::Int(
+                "123456789012345678901234567890".into(),
+            )),
+            Value::Array(vec![
+                Value::Null,
+                true.into(),
+                false.into(),
+                Value::Array(vec![]),
+            ]),
+            Value::object([
+                ("", Value::object::<&str, 0>([])),
+                ("é", 1i64.into()),
+                ("a\"b", 2i64.into()),
+            ]),
+            Value::from("\u{1}\u{8}\u{c}\r\u{1f}"),
+        ];
+        weird
+            .into_iter()
+            .map(|v| {
+                let mut m = sample();
+                m.insert("args".into(), v);
+                m
+            })
+            .collect()
+    }
+
+    /// What the full path accepts, structurally: the line parses, serializes back to itself,
+    /// and has the chain fields; with the hole of `record_hash`.
+    fn full_structure(line: &[u8]) -> Option<(u64, String, Range<usize>)> {
+        let Ok(Value::Object(record)) = crate::canonical::parse(line) else {
+            return None;
+        };
+        let seq = match record.get("seq") {
+            Some(Value::Number(Number::Int(d))) => d.parse::<u64>().ok()?,
+            _ => return None,
+        };
+        let integrity = record.get(INTEGRITY)?;
+        let prev = integrity.get("prev_hash")?.as_str()?.to_owned();
+        integrity.get("record_hash")?.as_str()?;
+        let mut out = Vec::new();
+        let hole = write_marked(record, &mut out)?;
+        (out == line).then_some((seq, prev, hole))
+    }
+
+    // Guards the fast path's one promise: it never accepts a line the full path refuses, and
+    // it reads the same fields. Mutations are deterministic, so a failure reproduces.
+    #[test]
+    fn fast_scan_accepts_only_what_the_full_path_accepts() {
+        const BYTES: &[u8] = b"\"\\{}[],:0-19.eEu abfnrt\x01\x7f\xc3\xa9\xff";
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            usize::try_from(rng % n as u64).unwrap()
+        };
+        let (mut fast, mut total) = (0, 0);
+        for (i, record) in varied().into_iter().enumerate() {
+            let mut out = Vec::new();
+            encode(record, i as u64, "sha256:p", "t", &mut out);
+            out.pop();
+            for round in 0..4000 {
+                let mut line = out.clone();
+                for _ in 0..=round % 3 {
+                    let at = next(line.len());
+                    match next(3) {
+                        0 => line[at] = BYTES[next(BYTES.len())],
+                        1 => line.insert(at, BYTES[next(BYTES.len())]),
+                        _ => {
+                            line.remove(at);
+                        }
+                    }
+                }
+                for candidate in [&out, &line] {
+                    total += 1;
+                    if let Some(f) = scan::scan(candidate) {
+                        fast += 1;
+                        let (seq, prev, hole) = full_structure(candidate).unwrap_or_else(|| {
+                            panic!(
+                                "fast path accepted {:?}",
+                                String::from_utf8_lossy(candidate)
+                            )
+                        });
+                        assert_eq!((f.seq, f.record_hash), (seq, hole));
+                        assert_eq!(&candidate[f.prev_hash], prev.as_bytes());
+                    }
+                }
+            }
+        }
+        // The unmutated lines without floats or escaped keys take the fast path.
+        assert!(fast > 4000 * 5, "fast path taken {fast} of {total} times");
+    }
+
+    #[test]
+    fn typical_records_take_the_fast_path() {
+        let mut out = Vec::new();
+        encode(
+            sample(),
+            1,
+            "sha256:p",
+            "2024-01-01T00:00:00.000000Z",
+            &mut out,
+        );
+        assert!(scan::scan(&out[..out.len() - 1]).is_some());
+        let lines: Vec<Vec<u8>> = varied()
+            .into_iter()
+            .map(|r| {
+                let mut out = Vec::new();
+                encode(r, 1, "sha256:p", "t", &mut out);
+                out.pop();
+                out
+            })
+            .collect();
+        let taken: Vec<bool> = lines.iter().map(|l| scan::scan(l).is_some()).collect();
+        // Floats and escaped keys are left to the parser; everything else is scanned.
+        assert_eq!(taken, [true, true, false, true, true, true, false, true]);
+        for line in &lines {
+            assert!(check_line(line, &mut Vec::new()).is_ok());
+        }
+    }
 
     #[test]
     fn check_line_reasons() {

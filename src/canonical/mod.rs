@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-pub use parse::{parse, ParseError, ParseErrorKind, MAX_DEPTH};
+pub use parse::{parse, ParseError, ParseErrorKind, MAX_DEPTH, MAX_VALUES};
 
 /// Object members, kept sorted by key. `String`'s `Ord` compares UTF-8 bytes, which orders
 /// keys exactly as Unicode code points do, the order the canonical form requires.
@@ -132,6 +132,14 @@ impl Value {
     /// The member `key` of an object; `None` for a missing key or a non-object.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.as_object().and_then(|m| m.get(key))
+    }
+
+    /// An integer member as `i64`, if it is one and fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
     }
 
     pub fn is_null(&self) -> bool {
@@ -481,7 +489,7 @@ impl<'a> ObjectWriter<'a> {
         #[cfg(debug_assertions)]
         {
             debug_assert!(
-                self.last_key.as_deref().map_or(true, |last| last < key),
+                self.last_key.as_deref().is_none_or(|last| last < key),
                 "object keys out of canonical order: `{key}` after `{:?}`",
                 self.last_key
             );

@@ -20,6 +20,10 @@ use super::{Map, Number, Value};
 /// SPEC §3's wording "nesting deeper than 128".
 pub const MAX_DEPTH: usize = 128;
 
+/// Most values (scalars and containers) one document may hold. A 1 MiB body of `[0,0,…]` is
+/// half a million values, tens of MB in memory: the cap bounds what one request can allocate.
+pub const MAX_VALUES: usize = 1 << 18;
+
 /// Why a body is not ECL JSON, and the byte offset into the input where that was noticed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ParseError {
@@ -45,6 +49,8 @@ pub enum ParseErrorKind {
     NumberOverflow,
     /// The key, unescaped, that an object already had.
     DuplicateKey(String),
+    /// More than [`MAX_VALUES`] values in one document.
+    TooManyValues,
     /// Nesting deeper than [`MAX_DEPTH`].
     TooDeep,
 }
@@ -62,6 +68,7 @@ impl ParseErrorKind {
             ParseErrorKind::NumberOverflow => "number_overflow",
             ParseErrorKind::DuplicateKey(_) => "duplicate_key",
             ParseErrorKind::TooDeep => "too_deep",
+            ParseErrorKind::TooManyValues => "too_many_values",
         }
     }
 }
@@ -80,6 +87,7 @@ impl fmt::Display for ParseError {
             ParseErrorKind::NonFinite => f.write_str("non-finite number")?,
             ParseErrorKind::NumberOverflow => f.write_str("number overflows a double")?,
             ParseErrorKind::TooDeep => write!(f, "nesting deeper than {MAX_DEPTH}")?,
+            ParseErrorKind::TooManyValues => write!(f, "more than {MAX_VALUES} values")?,
             ParseErrorKind::DuplicateKey(key) => {
                 // Escaped so control characters and backticks cannot forge log structure.
                 f.write_str("duplicate key `")?;
@@ -112,6 +120,7 @@ pub fn parse(input: &[u8]) -> Result<Value, ParseError> {
         text,
         bytes: input,
         pos: 0,
+        values: 0,
     };
     p.skip_ws();
     if p.pos >= p.bytes.len() {
@@ -130,6 +139,8 @@ struct Parser<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    /// Values started so far, against [`MAX_VALUES`].
+    values: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -162,6 +173,10 @@ impl<'a> Parser<'a> {
 
     /// `depth` is the number of containers already open around this value.
     fn parse_value(&mut self, depth: usize) -> Result<Value, ParseError> {
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(self.err(ParseErrorKind::TooManyValues));
+        }
         match self.peek() {
             Some(b'{') => self.parse_object(depth),
             Some(b'[') => self.parse_array(depth),
@@ -602,6 +617,17 @@ mod tests {
         // Same key in different objects is fine.
         assert_eq!(canon("[{\"a\":1},{\"a\":2}]"), "[{\"a\":1},{\"a\":2}]");
         assert_eq!(canon("{\"a\":{\"a\":1}}"), "{\"a\":{\"a\":1}}");
+    }
+
+    #[test]
+    fn values_are_limited_to_max_values() {
+        let at_limit = format!("[{}]", vec!["0"; MAX_VALUES - 1].join(","));
+        assert!(parse(at_limit.as_bytes()).is_ok());
+        let over = format!("[{}]", vec!["0"; MAX_VALUES].join(","));
+        assert_eq!(
+            parse(over.as_bytes()).unwrap_err().kind,
+            ParseErrorKind::TooManyValues
+        );
     }
 
     #[test]

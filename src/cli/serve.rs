@@ -1,13 +1,21 @@
 //! `ecl-gate serve`: load and check everything, bind, then serve until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::audit::{expand_path, AuditLog, AuditSettings};
+use crate::admin::Admin;
+use crate::approval::UsedTokens;
+use crate::audit::{expand_path, AuditError, AuditLog, AuditSettings, FileOptions};
 use crate::config::{Config, LogFormat};
+use crate::decision::Runtime;
+use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
+use crate::proxy::{missing_upstream, Proxy};
 use crate::server::{Gate, Server};
 
 use super::EXIT_CONFIG;
@@ -15,7 +23,16 @@ use super::EXIT_CONFIG;
 /// Records that may wait for the audit writer before callers wait for a place.
 const AUDIT_QUEUE_CAPACITY: usize = 8192;
 
-pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// When the audit log's last record does not verify, move the bad tail to
+    /// `<log>.tampered-<unix-seconds>` (never deleted) and continue the chain from the last
+    /// good record, instead of refusing to start
+    #[arg(long)]
+    pub audit_repair: bool,
+}
+
+pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(err) => {
@@ -27,45 +44,128 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
 
     let profiles = ProfileStore::new(&config.profiles_root);
     preload_profiles(&profiles)?;
+    let proxy = match proxy_mode(&config, &profiles)? {
+        Ok(proxy) => proxy,
+        Err(message) => {
+            eprintln!("error: invalid configuration: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
 
+    let metrics = Arc::new(Metrics::new(&Runtime::current()));
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let audit_path = expand_path(&config.audit.path_template, std::process::id(), &hostname);
     if let Some(dir) = audit_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create audit directory `{}`", dir.display()))?;
     }
-    let audit = AuditLog::open(AuditSettings {
-        path: audit_path.clone(),
-        sync: config.audit.sync,
-        sync_interval: config.audit.sync_interval,
-        queue_capacity: AUDIT_QUEUE_CAPACITY,
-    })
-    .with_context(|| format!("cannot open audit log `{}`", audit_path.display()))?;
+    let audit = AuditLog::open_with(
+        AuditSettings {
+            path: audit_path.clone(),
+            sync: config.audit.sync,
+            sync_interval: config.audit.sync_interval,
+            queue_capacity: AUDIT_QUEUE_CAPACITY,
+            observer: Some(Arc::new(metrics.audit_observer())),
+        },
+        FileOptions {
+            rotate_bytes: config.audit.rotate_bytes,
+            rotate_interval: config.audit.rotate_interval,
+            repair_tail: args.audit_repair,
+        },
+    )
+    .map_err(|err| with_hint(err, &audit_path))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let gate = Gate::new(&config, profiles, audit);
-        let server = Server::bind(config.listen, gate)
+        let mut gate = Gate::new(&config, profiles, audit);
+        gate.metrics = Arc::clone(&metrics);
+        if let Some(path) = &config.single_use_ledger {
+            let ledger = UsedTokens::open(path).with_context(|| {
+                format!("cannot open the single-use ledger `{}`", path.display())
+            })?;
+            gate.used_tokens = Some(Arc::new(ledger));
+        }
+        gate.proxy = proxy;
+        let gate = Arc::new(gate);
+        let server = Server::bind(config.listen, Arc::clone(&gate))
             .await
             .with_context(|| format!("cannot listen on `{}`", config.listen))?;
         let addr = server.local_addr()?;
+        let serving = Arc::new(AtomicBool::new(false));
+        let admin = Admin::bind(config.admin_listen, Arc::clone(&gate), Arc::clone(&serving))
+            .await
+            .with_context(|| format!("cannot listen on `{}` (admin_listen)", config.admin_listen))?;
+        let admin_addr = admin.local_addr()?;
+        log_effective_config(&config);
         tracing::info!(
             listen = %addr,
-            mode = "decide",
+            admin = %admin_addr,
+            mode = if config.proxy.is_some() { "proxy" } else { "decide" },
             audit = %audit_path.display(),
             sync = ?config.audit.sync,
+            rotate_bytes = config.audit.rotate_bytes,
+            rotate_interval = ?config.audit.rotate_interval,
             profiles_root = %config.profiles_root.display(),
-            "ecl-gate {} serving POST http://{addr}/v1/execute",
-            env!("CARGO_PKG_VERSION"),
+            "ecl-gate {} serving POST http://{addr}/v1/execute (admin on http://{admin_addr})",
+            env!("GATE_VERSION_LINE"),
         );
-        server.run(shutdown_signal()).await;
-        tracing::info!("stopped");
+
+        // First signal: stop accepting, let in-flight requests finish within the grace period.
+        // A second signal: leave at once.
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopping = {
+            let stop = Arc::clone(&stop);
+            async move { stop.notified().await }
+        };
+        let admin_stopping = {
+            let stop = Arc::clone(&stop);
+            async move { stop.notified().await }
+        };
+        let admin_task = tokio::spawn(admin.run(admin_stopping));
+        serving.store(true, Ordering::Release);
+        let serve = tokio::spawn(server.run(stopping));
+        shutdown_signal().await;
+        tracing::info!(grace = ?config.shutdown_grace, "stopping: finishing requests in flight");
+        serving.store(false, Ordering::Release);
+        stop.notify_waiters();
+        tokio::select! {
+            finished = tokio::time::timeout(config.shutdown_grace, serve) => {
+                if finished.is_err() {
+                    tracing::warn!("requests still in flight after the grace period; stopping anyway");
+                }
+            }
+            () = shutdown_signal() => {
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+        }
+        let _ = admin_task.await;
         anyhow::Ok(())
     })?;
+    // Dropping the runtime drops the last handles on the audit log: its writer finishes the
+    // last batch and syncs before the process exits.
+    drop(runtime);
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The audit errors name their file; a refused start also says what the operator can do.
+fn with_hint(err: AuditError, audit_path: &Path) -> anyhow::Error {
+    let dir = crate::audit::segment::dir_of(audit_path).display();
+    match &err {
+        AuditError::Tampered { path, .. } if path == audit_path => anyhow::anyhow!(
+            "{err}; refusing to start: check the whole chain with `ecl-gate audit verify {dir}`, \
+             or start with `--audit-repair` to move the bad tail to a `.tampered-<unix-seconds>` \
+             file beside the log and continue from the last good record"
+        ),
+        AuditError::Tampered { .. } => anyhow::anyhow!(
+            "{err}; refusing to start: check the whole chain with `ecl-gate audit verify {dir}`"
+        ),
+        _ => anyhow::Error::new(err),
+    }
 }
 
 /// Loads every valid profile at start so its bytes are fixed from the first moment and a
@@ -93,11 +193,68 @@ fn preload_profiles(profiles: &ProfileStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The effective configuration at start, for operators reading the log. Nothing in it is a
+/// secret today (approver keys are public); keys holding secrets must be redacted here.
+fn log_effective_config(config: &Config) {
+    tracing::info!(
+        listen = %config.listen,
+        admin_listen = %config.admin_listen,
+        profiles_root = %config.profiles_root.display(),
+        max_body_bytes = config.max_body_bytes,
+        body_timeout_ms = config.body_timeout.as_millis() as u64,
+        max_in_flight = config.limits.max_in_flight,
+        max_connections = config.limits.max_connections,
+        audit_path = %config.audit.path_template,
+        audit_sync = ?config.audit.sync,
+        include_request = config.audit.include_request,
+        approver_keys = ?config.approvals.keys.keys().collect::<Vec<_>>(),
+        approvals_max_ttl = ?config.approvals.max_ttl,
+        single_use = config.single_use_ledger.is_some(),
+        log_include_args = config.log.include_args,
+        shutdown_grace = ?config.shutdown_grace,
+        "effective configuration"
+    );
+}
+
+/// Proxy mode (issue 4): checks that every tool a loaded profile allows has an upstream
+/// (`Ok(Err(message))` otherwise, a configuration error), then builds the forwarding client.
+fn proxy_mode(
+    config: &Config,
+    profiles: &ProfileStore,
+) -> anyhow::Result<Result<Option<Arc<Proxy>>, String>> {
+    let Some(proxy_config) = &config.proxy else {
+        return Ok(Ok(None));
+    };
+    if let Some((tool, id, version)) = missing_upstream(profiles, &proxy_config.upstreams) {
+        return Ok(Err(format!(
+            "invalid value for `upstreams`: tool `{tool}` (allowed by profile `{id}` version \
+             `{version}`) has no `[upstreams.\"{tool}\"]`; in proxy mode every allowed tool needs one"
+        )));
+    }
+    for (tool, upstream) in &proxy_config.upstreams {
+        if upstream.url.scheme_str() == Some("http") {
+            tracing::warn!(
+                %tool,
+                "upstream is plain http: its credentials and grants cross the network unencrypted"
+            );
+        }
+    }
+    let proxy = Proxy::new(proxy_config)?;
+    tracing::info!(
+        upstreams = proxy_config.upstreams.len(),
+        grant_kid = %proxy_config.signer.kid(),
+        grant_ttl = ?proxy_config.signer.ttl(),
+        "proxy mode: ALLOWed calls are forwarded with a grant"
+    );
+    Ok(Ok(Some(Arc::new(proxy))))
+}
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),

@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::approval::{parse_public_key, Approvals};
 use crate::audit::SyncMode;
 
 /// Where the TOML file is looked for when neither `--config` nor `ECL_CONFIG` names one.
@@ -19,6 +20,13 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/ecl-gate.toml";
 
 /// Upper bound for `max_body_bytes`: a request is a tool call, not a file upload.
 pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Smallest non-zero `audit.rotate_bytes`: below a few records per file, rotation (two file
+/// operations and a directory sync each) would cost more than the writing.
+pub const MIN_ROTATE_BYTES: u64 = 4096;
+
+/// Smallest non-zero `audit.rotate_interval_ms`.
+pub const MIN_ROTATE_INTERVAL_MS: u64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,6 +36,9 @@ pub enum ConfigError {
     Extract(Box<figment::Error>),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key whose name is only known at run time, e.g. `upstreams."email.send".url`.
+    #[error("invalid value for `{key}`: {message}")]
+    InvalidKey { key: String, message: String },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -47,8 +58,39 @@ pub struct RawConfig {
     pub profiles_root: PathBuf,
     pub max_body_bytes: u64,
     pub body_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub max_header_bytes: u64,
+    pub max_in_flight: u64,
+    pub max_connections: u64,
+    pub shutdown_grace_ms: u64,
     pub audit: RawAudit,
+    pub approvals: RawApprovals,
     pub log: RawLog,
+    // Proxy mode (issue 4); validated in `crate::proxy::config`, used only with `mode = "proxy"`.
+    pub max_upstream_body_bytes: u64,
+    pub upstreams: std::collections::BTreeMap<String, crate::proxy::config::RawUpstream>,
+    pub grants: crate::proxy::config::RawGrants,
+    pub tls: crate::proxy::config::RawTls,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    pub max_ttl: String,
+    pub clock_skew: String,
+    pub single_use: bool,
+    pub used_path: PathBuf,
+    pub keys: std::collections::BTreeMap<String, RawApproverKey>,
+}
+
+/// One approver key: inline (`public_key`) or from a file (`file`), exactly one of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproverKey {
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +100,8 @@ pub struct RawAudit {
     pub sync: String,
     pub sync_interval_ms: u64,
     pub include_request: bool,
+    pub rotate_bytes: u64,
+    pub rotate_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +109,7 @@ pub struct RawAudit {
 pub struct RawLog {
     pub level: String,
     pub format: String,
+    pub include_args: bool,
 }
 
 impl Default for RawConfig {
@@ -76,16 +121,35 @@ impl Default for RawConfig {
             profiles_root: "profiles".into(),
             max_body_bytes: 1024 * 1024,
             body_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_in_flight: 1024,
+            max_connections: 4096,
+            shutdown_grace_ms: 10_000,
             audit: RawAudit {
                 path: "audit/ecl-audit.log".into(),
                 sync: "always".into(),
                 sync_interval_ms: 100,
                 include_request: false,
+                rotate_bytes: 0,
+                rotate_interval_ms: 0,
+            },
+            approvals: RawApprovals {
+                max_ttl: "1h".into(),
+                clock_skew: "30s".into(),
+                single_use: false,
+                used_path: "audit/used-approvals.jsonl".into(),
+                keys: Default::default(),
             },
             log: RawLog {
                 level: "info".into(),
                 format: "pretty".into(),
+                include_args: false,
             },
+            max_upstream_body_bytes: crate::proxy::config::DEFAULT_MAX_UPSTREAM_BODY_BYTES,
+            upstreams: Default::default(),
+            grants: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -95,6 +159,9 @@ impl Default for RawConfig {
 pub enum Mode {
     /// Answer the decision; never call a tool.
     Decide,
+    /// Also forward an ALLOWed call to the tool's upstream, with a grant, after its decision
+    /// record is written.
+    Proxy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +179,27 @@ pub struct Config {
     pub profiles_root: PathBuf,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    pub limits: Limits,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
     pub audit: AuditConfig,
+    pub approvals: Approvals,
+    /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
+    pub single_use_ledger: Option<PathBuf>,
     pub log: LogConfig,
+    /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
+    pub proxy: Option<crate::proxy::ProxyConfig>,
+}
+
+/// Bounds on what clients can make the gate hold at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Requests being decided at once; more are answered DENY `OVERLOADED` at once.
+    pub max_in_flight: usize,
+    /// Open client connections; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -123,12 +209,17 @@ pub struct AuditConfig {
     pub sync: SyncMode,
     pub sync_interval: Duration,
     pub include_request: bool,
+    /// Roll the active file at this size; 0: never.
+    pub rotate_bytes: u64,
+    /// Roll the active file at this age; `None`: never.
+    pub rotate_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    pub include_args: bool,
 }
 
 impl Config {
@@ -191,13 +282,13 @@ impl RawConfig {
         }
         let mode = match self.mode.as_str() {
             "decide" => Mode::Decide,
-            "proxy" => {
+            "proxy" => Mode::Proxy,
+            other => {
                 return Err(invalid(
                     "mode",
-                    "`proxy` is not available in this version; use `decide`",
+                    format!("`{other}`, expected `decide` or `proxy`"),
                 ))
             }
-            other => return Err(invalid("mode", format!("`{other}`, expected `decide`"))),
         };
         if self.profiles_root.as_os_str().is_empty() {
             return Err(invalid("profiles_root", "must not be empty"));
@@ -213,6 +304,28 @@ impl RawConfig {
         if self.body_timeout_ms == 0 {
             return Err(invalid("body_timeout_ms", "must be at least 1"));
         }
+        let limits = Limits {
+            header_timeout: Duration::from_millis(in_range(
+                "header_timeout_ms",
+                self.header_timeout_ms,
+                1..=600_000,
+            )?),
+            max_header_bytes: to_usize(in_range(
+                "max_header_bytes",
+                self.max_header_bytes,
+                8192..=16 * 1024 * 1024,
+            )?),
+            max_in_flight: to_usize(in_range(
+                "max_in_flight",
+                self.max_in_flight,
+                1..=1_000_000,
+            )?),
+            max_connections: to_usize(in_range(
+                "max_connections",
+                self.max_connections,
+                1..=1_000_000,
+            )?),
+        };
         if self.audit.path.trim().is_empty() {
             return Err(invalid("audit.path", "must not be empty"));
         }
@@ -233,6 +346,26 @@ impl RawConfig {
                 format!("{} is outside 1..=60000", self.audit.sync_interval_ms),
             ));
         }
+        if self.audit.rotate_bytes != 0 && self.audit.rotate_bytes < MIN_ROTATE_BYTES {
+            return Err(invalid(
+                "audit.rotate_bytes",
+                format!(
+                    "{} is below {MIN_ROTATE_BYTES}; use 0 to turn rotation off",
+                    self.audit.rotate_bytes
+                ),
+            ));
+        }
+        if self.audit.rotate_interval_ms != 0
+            && self.audit.rotate_interval_ms < MIN_ROTATE_INTERVAL_MS
+        {
+            return Err(invalid(
+                "audit.rotate_interval_ms",
+                format!(
+                    "{} is below {MIN_ROTATE_INTERVAL_MS}; use 0 to turn rotation by age off",
+                    self.audit.rotate_interval_ms
+                ),
+            ));
+        }
         let format = match self.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -246,25 +379,122 @@ impl RawConfig {
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("`{}`: {err}", self.log.level)));
         }
+        let single_use_ledger = if self.approvals.single_use {
+            if self.approvals.used_path.as_os_str().is_empty() {
+                return Err(invalid("approvals.used_path", "must not be empty"));
+            }
+            Some(self.approvals.used_path.clone())
+        } else {
+            None
+        };
+        let approvals = self.approvals.validate()?;
+        // Upstreams and grants are read (credentials, keys) only when they will be used.
+        let proxy = match mode {
+            Mode::Proxy => Some(crate::proxy::config::validate(
+                self.upstreams,
+                self.grants,
+                self.tls,
+                self.max_upstream_body_bytes,
+            )?),
+            Mode::Decide => None,
+        };
         Ok(Config {
+            proxy,
+            approvals,
+            single_use_ledger,
             listen,
             admin_listen,
             mode,
             profiles_root: self.profiles_root,
             max_body_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
+            limits,
+            shutdown_grace: Duration::from_millis(in_range(
+                "shutdown_grace_ms",
+                self.shutdown_grace_ms,
+                0..=600_000,
+            )?),
             audit: AuditConfig {
                 path_template: self.audit.path,
                 sync,
                 sync_interval: Duration::from_millis(self.audit.sync_interval_ms),
                 include_request: self.audit.include_request,
+                rotate_bytes: self.audit.rotate_bytes,
+                rotate_interval: (self.audit.rotate_interval_ms > 0)
+                    .then(|| Duration::from_millis(self.audit.rotate_interval_ms)),
             },
             log: LogConfig {
                 level: self.log.level,
                 format,
+                include_args: self.log.include_args,
             },
         })
     }
+}
+
+impl RawApprovals {
+    fn validate(self) -> Result<Approvals, ConfigError> {
+        let max_ttl = parse_duration("approvals.max_ttl", &self.max_ttl)?;
+        let clock_skew = parse_duration("approvals.clock_skew", &self.clock_skew)?;
+        if max_ttl.as_secs() == 0 {
+            return Err(invalid("approvals.max_ttl", "must be at least 1s"));
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        for (kid, key) in self.keys {
+            let text = match (key.public_key, key.file) {
+                (Some(text), None) => text,
+                (None, Some(file)) => std::fs::read_to_string(&file).map_err(|err| {
+                    invalid(
+                        "approvals.keys",
+                        format!("`{kid}`: cannot read `{}`: {err}", file.display()),
+                    )
+                })?,
+                _ => {
+                    return Err(invalid(
+                        "approvals.keys",
+                        format!("`{kid}` needs exactly one of `public_key` and `file`"),
+                    ))
+                }
+            };
+            let key = parse_public_key(&text)
+                .map_err(|err| invalid("approvals.keys", format!("`{kid}`: {err}")))?;
+            keys.insert(kid, key);
+        }
+        Ok(Approvals {
+            keys,
+            max_ttl,
+            clock_skew,
+        })
+    }
+}
+
+fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|err| {
+        invalid(
+            key,
+            format!("`{value}` is not a duration like `15m`: {err}"),
+        )
+    })
+}
+
+fn in_range(
+    key: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
+/// Every range above fits a 32-bit `usize`.
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {

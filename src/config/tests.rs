@@ -76,6 +76,18 @@ fn bad_values_name_their_key() {
         ("ECL_MAX_BODY_BYTES", "0", "max_body_bytes"),
         ("ECL_MAX_BODY_BYTES", "lots", "max_body_bytes"),
         ("ECL_AUDIT__SYNC_INTERVAL_MS", "0", "audit.sync_interval_ms"),
+        ("ECL_AUDIT__ROTATE_BYTES", "4095", "audit.rotate_bytes"),
+        ("ECL_AUDIT__ROTATE_BYTES", "-1", "audit.rotate_bytes"),
+        (
+            "ECL_AUDIT__ROTATE_INTERVAL_MS",
+            "999",
+            "audit.rotate_interval_ms",
+        ),
+        (
+            "ECL_AUDIT__ROTATE_INTERVAL_MS",
+            "hourly",
+            "audit.rotate_interval_ms",
+        ),
         ("ECL_LOG__FORMAT", "xml", "log.format"),
         ("ECL_ADMIN_LISTEN", "127.0.0.1:8000", "admin_listen"),
         ("ECL_TYPO", "1", "typo"),
@@ -97,4 +109,33 @@ fn bad_values_name_their_key() {
 fn a_missing_explicit_file_is_an_error() {
     let err = Config::load(Some(Path::new("/nonexistent/ecl-gate.toml"))).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/ecl-gate.toml"));
+}
+
+#[test]
+fn rotation_is_off_by_default_and_set_from_file_or_environment() {
+    Jail::expect_with(|jail| {
+        let config = load_in(jail, None).map_err(|e| e.to_string())?;
+        assert_eq!(
+            (config.audit.rotate_bytes, config.audit.rotate_interval),
+            (0, None)
+        );
+        jail.create_file(
+            "gate.toml",
+            "[audit]\nrotate_bytes = 1048576\nrotate_interval_ms = 3600000\n",
+        )?;
+        let config = load_in(jail, Some("gate.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(config.audit.rotate_bytes, 1 << 20);
+        assert_eq!(
+            config.audit.rotate_interval,
+            Some(Duration::from_secs(3600))
+        );
+        jail.set_env("ECL_AUDIT__ROTATE_BYTES", "4096");
+        jail.set_env("ECL_AUDIT__ROTATE_INTERVAL_MS", "0");
+        let config = load_in(jail, Some("gate.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(
+            (config.audit.rotate_bytes, config.audit.rotate_interval),
+            (4096, None)
+        );
+        Ok(())
+    });
 }

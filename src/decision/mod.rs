@@ -11,8 +11,9 @@ mod rules;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::approval::{Approval, Approvals};
 use crate::canonical::{self, Value};
-use crate::profile::{Profile, ProfileError};
+use crate::profile::{Profile, ProfileError, Severity, ToolPolicy};
 use crate::request::{ExecRequest, Rejection};
 
 pub use reason::{DecisionType, ReasonCode};
@@ -31,10 +32,26 @@ impl Runtime {
         Runtime {
             name: "ecl-gate",
             version: env!("CARGO_PKG_VERSION"),
-            build: match option_env!("ECL_GATE_BUILD") {
+            build: match option_env!("GATE_BUILD_REVISION") {
                 Some(build) => build,
                 None => "local",
             },
+        }
+    }
+}
+
+/// Everything a decision depends on besides the attempt and the time.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub runtime: Runtime,
+    pub approvals: Approvals,
+}
+
+impl Context {
+    pub fn new(approvals: Approvals) -> Context {
+        Context {
+            runtime: Runtime::current(),
+            approvals,
         }
     }
 }
@@ -73,13 +90,19 @@ pub struct Decision {
     pub detail: Option<String>,
     /// The normalized request, when one was read; audited only with `audit.include_request`.
     pub normalized_request: Option<Value>,
+    /// The approval this decision relied on, if a valid token was presented and needed.
+    pub approval: Option<Approval>,
 }
 
+/// What an approver is asked to approve, and why (SPEC §5 `escalation`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Escalation {
     pub intent_hash: String,
     pub rules: Vec<String>,
 }
+
+/// The rule name an ESCALATE for a missing approval token reports.
+pub const APPROVAL_CONTROL: &str = "required_controls.approval_token";
 
 /// `profile_ref_hash` when no profile bytes could be read (SPEC §4).
 pub fn no_profile_hash() -> String {
@@ -100,23 +123,34 @@ pub fn provenance_id(profile_ref_hash: &str, request_hash: &str, runtime: &Runti
 
 /// Decides one attempt. Total: every input yields a decision.
 ///
-/// `now` is the decision time; only approval-token expiry may ever depend on it.
-pub fn decide(attempt: Attempt<'_>, runtime: &Runtime, _now: SystemTime) -> Decision {
+/// `now` is the decision time; only approval-token validity may ever depend on it.
+pub fn decide(attempt: Attempt<'_>, context: &Context, now: SystemTime) -> Decision {
+    let runtime = &context.runtime;
     match attempt {
-        Attempt::Rejected(rejection) => Decision::deny(
-            rejection.reason,
-            rejection.request_hash.clone(),
-            rejection.request_id.clone(),
-            rejection.profile.clone(),
-            no_profile_hash(),
-            runtime,
-            Some(rejection.detail.clone()),
-        ),
-        Attempt::Request { request, profile } => evaluate(request, profile, runtime),
+        Attempt::Rejected(rejection) => {
+            let mut decision = Decision::deny(
+                rejection.reason,
+                rejection.request_hash.clone(),
+                rejection.request_id.clone(),
+                rejection.profile.clone(),
+                no_profile_hash(),
+                runtime,
+                Some(rejection.detail.clone()),
+            );
+            decision.normalized_request = rejection.normalized.clone();
+            decision
+        }
+        Attempt::Request { request, profile } => evaluate(request, profile, context, now),
     }
 }
 
-fn evaluate(request: &ExecRequest, lookup: &ProfileLookup, runtime: &Runtime) -> Decision {
+fn evaluate(
+    request: &ExecRequest,
+    lookup: &ProfileLookup,
+    context: &Context,
+    now: SystemTime,
+) -> Decision {
+    let runtime = &context.runtime;
     let ids = Some((request.profile_id.clone(), request.profile_version.clone()));
     let deny = |reason: ReasonCode, ref_hash: String, detail: String| {
         let mut decision = Decision::deny(
@@ -151,19 +185,48 @@ fn evaluate(request: &ExecRequest, lookup: &ProfileLookup, runtime: &Runtime) ->
         );
     };
 
-    // Step 7: controls. Until signed approvals exist every token counts as absent, so an
-    // approval requirement can never be met by a string the agent made up.
-    if tool.requires_approval {
-        return deny(
-            ReasonCode::ControlRequired,
+    // Step 7: controls. A token is checked whenever this call could rely on it; a token the
+    // call does not need is ignored, as the reference ignores it.
+    let approval = match request.approval_token.as_deref() {
+        Some(token) if may_need_approval(tool) => {
+            match context.approvals.verify(token, &request.intent_hash, now) {
+                Ok(approval) => Some(approval),
+                Err(err) => return deny(ReasonCode::ApprovalInvalid, ref_hash, err.to_string()),
+            }
+        }
+        _ => None,
+    };
+    let escalate = |ref_hash: String, rules: Vec<String>| {
+        let mut decision = deny(
+            ReasonCode::ApprovalRequired,
             ref_hash,
-            format!("tool `{}` requires an approval token", request.tool_name),
+            "this call needs an approval token bound to `escalation.intent_hash`".to_owned(),
         );
+        decision.decision_type = DecisionType::Escalate;
+        decision.escalation = Some(Escalation {
+            intent_hash: request.intent_hash.clone(),
+            rules,
+        });
+        decision
+    };
+    if tool.requires_approval && approval.is_none() {
+        return match tool.on_missing {
+            Severity::Deny => deny(
+                ReasonCode::ControlRequired,
+                ref_hash,
+                format!("tool `{}` requires an approval token", request.tool_name),
+            ),
+            Severity::Escalate => escalate(ref_hash, vec![APPROVAL_CONTROL.to_owned()]),
+        };
     }
 
     // Step 8: constraints, in the order the profile lists them.
-    if let Err(failure) = rules::check(tool, &request.tool_args) {
-        return deny(failure.reason, ref_hash, failure.detail);
+    let passed = match rules::check(tool, &request.tool_args) {
+        Ok(passed) => passed,
+        Err(failure) => return deny(failure.reason, ref_hash, failure.detail),
+    };
+    if !passed.escalations.is_empty() && approval.is_none() {
+        return escalate(ref_hash, passed.escalations);
     }
 
     // Step 9.
@@ -181,7 +244,17 @@ fn evaluate(request: &ExecRequest, lookup: &ProfileLookup, runtime: &Runtime) ->
         escalation: None,
         detail: None,
         normalized_request: Some(request.normalized.clone()),
+        approval,
     }
+}
+
+/// Whether an approval could change this tool's decision: it requires one, or a rule escalates.
+fn may_need_approval(tool: &ToolPolicy) -> bool {
+    tool.requires_approval
+        || tool
+            .arg_rules
+            .iter()
+            .any(|rule| rule.on_violation == Severity::Escalate)
 }
 
 impl Decision {
@@ -208,6 +281,7 @@ impl Decision {
             escalation: None,
             detail,
             normalized_request: None,
+            approval: None,
         }
     }
 
@@ -222,6 +296,16 @@ impl Decision {
             detail: Some(detail.to_owned()),
             ..self.clone()
         }
+    }
+
+    /// The same decision after its approval turned out to be spent already
+    /// (`approvals.single_use`).
+    pub fn approval_already_used(&self) -> Decision {
+        let jti = self.approval.as_ref().map_or("", |a| a.jti.as_str());
+        self.overridden(
+            ReasonCode::ApprovalInvalid,
+            &format!("approval token `{jti}` was already used"),
+        )
     }
 
     /// Everything but the audit block: what must be equal for equal inputs.

@@ -149,6 +149,18 @@ impl Decision {
         if self.decision_type == DecisionType::Escalate {
             record.insert("escalation".into(), self.escalation_value());
         }
+        if let Some(approval) = &self.approval {
+            record.insert(
+                "approval".into(),
+                Value::object([
+                    ("kid", approval.kid.as_str().into()),
+                    ("iss", approval.issuer.as_str().into()),
+                    ("jti", approval.jti.as_str().into()),
+                    ("iat", approval.issued_at.into()),
+                    ("exp", approval.expires_at.into()),
+                ]),
+            );
+        }
         if include_request {
             if let Some(request) = &self.normalized_request {
                 record.insert("request".into(), request.clone());
@@ -222,6 +234,7 @@ mod tests {
             escalation: None,
             detail: None,
             normalized_request: None,
+            approval: None,
         };
         let deny = Decision {
             decision_type: DecisionType::Deny,

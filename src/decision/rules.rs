@@ -1,114 +1,155 @@
-//! Argument rules (SPEC §7, step 8 of §6): evaluated in the profile's order, first failure decides.
+//! Argument rules (SPEC §7, step 8 of §6), evaluated in the profile's order.
+//!
+//! The first DENY rule that is violated, or any rule that cannot be evaluated, decides at once.
+//! Violated ESCALATE rules are collected; they matter only if no DENY check fails.
 
-use crate::canonical::Value;
-use crate::profile::{ArgRule, PathStep, RuleKind, ToolPolicy};
+use crate::canonical::{Number, Value};
+use crate::profile::{ArgRule, PathStep, RuleKind, Severity, ToolPolicy};
 
 use super::ReasonCode;
 
-/// The rule that stopped a call, as a reason code and a message for the caller.
+/// The check that stopped a call, as a reason code and a message for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleFailure {
     pub reason: ReasonCode,
     pub detail: String,
 }
 
-impl RuleFailure {
-    fn violation(rule: &ArgRule, why: impl std::fmt::Display) -> Self {
-        RuleFailure {
-            reason: ReasonCode::ConstraintViolation,
-            detail: format!("`{}` {why}", rule.path),
-        }
-    }
+/// What the rules let through: the ESCALATE rules that were violated, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesPassed {
+    pub escalations: Vec<String>,
+}
 
-    fn cannot_evaluate(detail: String) -> Self {
-        RuleFailure {
+enum Check {
+    Conforms,
+    Violated(String),
+    CannotEvaluate(String),
+}
+
+/// Checks `args` against every rule of `tool`, then (ext) the `additional_args` policy.
+pub fn check(tool: &ToolPolicy, args: &Value) -> Result<RulesPassed, RuleFailure> {
+    let mut passed = RulesPassed::default();
+    if tool.arg_rules.is_empty() && !tool.deny_additional_args {
+        return Ok(passed);
+    }
+    let Value::Object(members) = args else {
+        return Err(RuleFailure {
             reason: ReasonCode::ConstraintEvalError,
-            detail,
-        }
-    }
-}
-
-/// Checks `args` against every rule of `tool`, in order.
-pub fn check(tool: &ToolPolicy, args: &Value) -> Result<(), RuleFailure> {
-    if tool.arg_rules.is_empty() {
-        return Ok(());
-    }
-    if !matches!(args, Value::Object(_)) {
-        return Err(RuleFailure::cannot_evaluate(format!(
-            "tool `{}` has argument rules, so its args must be an object, found {}",
-            tool.name,
-            args.type_name()
-        )));
-    }
-    tool.arg_rules
-        .iter()
-        .try_for_each(|rule| check_rule(rule, args))
-}
-
-fn check_rule(rule: &ArgRule, args: &Value) -> Result<(), RuleFailure> {
-    let value = match resolve(args, &rule.steps) {
-        None | Some(Value::Null) => return Err(RuleFailure::violation(rule, "is missing")),
-        Some(value) => value,
+            detail: format!(
+                "tool `{}` checks its arguments, so its args must be an object, found {}",
+                tool.name,
+                args.type_name()
+            ),
+        });
     };
-    match &rule.kind {
-        RuleKind::String => {
-            let Value::String(s) = value else {
-                return Err(RuleFailure::violation(
-                    rule,
-                    format_args!("must be a string, found {}", value.type_name()),
-                ));
-            };
-            check_string(rule, s)
+    for rule in &tool.arg_rules {
+        match check_rule(rule, args) {
+            Check::Conforms => {}
+            Check::CannotEvaluate(detail) => {
+                return Err(RuleFailure {
+                    reason: ReasonCode::ConstraintEvalError,
+                    detail,
+                })
+            }
+            Check::Violated(why) => {
+                let detail = format!("`{}` {why}", rule.path);
+                match rule.on_violation {
+                    Severity::Deny => {
+                        return Err(RuleFailure {
+                            reason: ReasonCode::ConstraintViolation,
+                            detail,
+                        })
+                    }
+                    Severity::Escalate => passed.escalations.push(detail),
+                }
+            }
         }
-        RuleKind::Number => match value {
-            Value::Number(_) => Ok(()),
-            other => Err(RuleFailure::violation(
-                rule,
-                format_args!("must be a number, found {}", other.type_name()),
-            )),
-        },
-        RuleKind::Bool => match value {
-            Value::Bool(_) => Ok(()),
-            other => Err(RuleFailure::violation(
-                rule,
-                format_args!("must be a boolean, found {}", other.type_name()),
-            )),
-        },
-        RuleKind::Unknown(kind) => Err(RuleFailure::cannot_evaluate(format!(
+    }
+    if tool.deny_additional_args {
+        let named = |key: &str| {
+            tool.arg_rules
+                .iter()
+                .any(|rule| matches!(rule.steps.first(), Some(PathStep::Key(k)) if k == key))
+        };
+        if let Some(extra) = members.keys().find(|key| !named(key)) {
+            return Err(RuleFailure {
+                reason: ReasonCode::ConstraintViolation,
+                detail: format!(
+                    "argument `{extra}` is not named by any rule and tool `{}` denies additional args",
+                    tool.name
+                ),
+            });
+        }
+    }
+    Ok(passed)
+}
+
+fn check_rule(rule: &ArgRule, args: &Value) -> Check {
+    // A rule of a type the gate does not know can never be checked, present value or not:
+    // failing closed here keeps a typo in a profile from silently passing an optional rule.
+    if let RuleKind::Unknown(kind) = &rule.kind {
+        return Check::CannotEvaluate(format!(
             "rule for `{}` has unknown type `{kind}`",
             rule.path
-        ))),
+        ));
+    }
+    let value = match resolve(args, &rule.steps) {
+        None | Some(Value::Null) if !rule.required => return Check::Conforms,
+        None | Some(Value::Null) => return Check::Violated("is missing".to_owned()),
+        Some(value) => value,
+    };
+    let wrong_type = |expected: &str| {
+        Check::Violated(format!("must be {expected}, found {}", value.type_name()))
+    };
+    match (&rule.kind, value) {
+        (RuleKind::String, Value::String(s)) => check_string(rule, s),
+        (RuleKind::String, _) => wrong_type("a string"),
+        // Python's bool is an int; the reference still refuses it, and so do we.
+        (RuleKind::Number, Value::Number(_)) => Check::Conforms,
+        (RuleKind::Number, _) => wrong_type("a number"),
+        (RuleKind::Integer, Value::Number(Number::Int(_))) => Check::Conforms,
+        (RuleKind::Integer, _) => wrong_type("an integer"),
+        (RuleKind::Bool, Value::Bool(_)) => Check::Conforms,
+        (RuleKind::Bool, _) => wrong_type("a boolean"),
+        (RuleKind::Object, Value::Object(_)) => Check::Conforms,
+        (RuleKind::Object, _) => wrong_type("an object"),
+        (RuleKind::Array, Value::Array(items)) => match rule.max_items {
+            Some(max) if items.len() as u64 > max => {
+                Check::Violated(format!("has {} items, at most {max} allowed", items.len()))
+            }
+            _ => Check::Conforms,
+        },
+        (RuleKind::Array, _) => wrong_type("an array"),
+        (RuleKind::Unknown(kind), _) => Check::CannotEvaluate(format!(
+            "rule for `{}` has unknown type `{kind}`",
+            rule.path
+        )),
     }
 }
 
-fn check_string(rule: &ArgRule, s: &str) -> Result<(), RuleFailure> {
-    if let Some(max) = rule.max_len {
+fn check_string(rule: &ArgRule, s: &str) -> Check {
+    if rule.max_len.is_some() || rule.min_len.is_some() {
         // Code points, as Python's len(str) counts them.
         let len = s.chars().count() as u64;
-        if len > max {
-            return Err(RuleFailure::violation(
-                rule,
-                format_args!("is {len} characters long, at most {max} allowed"),
-            ));
+        if let Some(max) = rule.max_len.filter(|&max| len > max) {
+            return Check::Violated(format!("is {len} characters long, at most {max} allowed"));
+        }
+        if let Some(min) = rule.min_len.filter(|&min| len < min) {
+            return Check::Violated(format!("is {len} characters long, at least {min} required"));
         }
     }
     if let Some(allowed) = &rule.one_of {
         if !allowed.iter().any(|a| a == s) {
-            return Err(RuleFailure::violation(
-                rule,
-                "is not one of the allowed values",
-            ));
+            return Check::Violated("is not one of the allowed values".to_owned());
         }
     }
     if let Some(pattern) = &rule.pattern {
         if !pattern.is_match(s) {
-            return Err(RuleFailure::violation(
-                rule,
-                "does not match the required pattern",
-            ));
+            return Check::Violated("does not match the required pattern".to_owned());
         }
     }
-    Ok(())
+    Check::Conforms
 }
 
 fn resolve<'v>(args: &'v Value, steps: &[PathStep]) -> Option<&'v Value> {

@@ -3,18 +3,45 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
+
 use super::*;
+use crate::approval::{sign, Grant};
 use crate::canonical::{parse, to_canonical};
 use crate::profile::parse_profile;
 use crate::request::decode;
+
+/// The decision time every table case is decided at.
+const NOW: u64 = 1_800_000_000;
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
 
 fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn request_bytes(profile: &Profile, tool: &str, args: &Value, controls: Option<&Value>) -> Vec<u8> {
+/// Test-fixture approver key (seed 7): never a real key.
+fn approver() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+fn test_context() -> Context {
+    Context::new(Approvals {
+        keys: [("approver-1".to_owned(), approver().verifying_key())]
+            .into_iter()
+            .collect(),
+        max_ttl: Duration::from_secs(3600),
+        clock_skew: Duration::from_secs(30),
+    })
+}
+
+fn request_value(profile: &Profile, tool: &str, args: &Value) -> Value {
     let snapshot = Value::object([("k", "v".into())]);
-    let mut request = Value::object([
+    Value::object([
         ("request_id", "req-1".into()),
         (
             "actor",
@@ -41,11 +68,123 @@ fn request_bytes(profile: &Profile, tool: &str, args: &Value, controls: Option<&
                 ("snapshot", snapshot),
             ]),
         ),
+    ])
+}
+
+fn b64(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(to_canonical(value))
+}
+
+/// A token of the named kind for `intent`: a valid one, or one broken in exactly one way.
+fn token(kind: &str, intent: &str) -> String {
+    let grant = |intent_hash: &str, issued_at: u64, expires_at: u64| {
+        sign(
+            &approver(),
+            "approver-1",
+            &Grant {
+                issuer: "alice",
+                intent_hash,
+                issued_at,
+                expires_at,
+                jti: "jti-1",
+            },
+        )
+    };
+    let signed = |header: Value, claims: Value| {
+        let input = format!("{}.{}", b64(&header), b64(&claims));
+        let signature = approver().sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+    };
+    let claims = Value::object([
+        ("iss", "alice".into()),
+        ("sub", intent.into()),
+        ("iat", NOW.into()),
+        ("exp", (NOW + 600).into()),
+        ("jti", "jti-1".into()),
     ]);
-    if let (Value::Object(map), Some(controls)) = (&mut request, controls) {
-        map.insert("controls".into(), controls.clone());
+    match kind {
+        "valid" => grant(intent, NOW - 60, NOW + 600),
+        "expired" => grant(intent, NOW - 900, NOW - 60),
+        "not_yet_valid" => grant(intent, NOW + 120, NOW + 600),
+        "too_long" => grant(intent, NOW, NOW + 7200),
+        "other_intent" => grant(
+            "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+            NOW,
+            NOW + 600,
+        ),
+        "unknown_kid" => sign(
+            &approver(),
+            "approver-9",
+            &Grant {
+                issuer: "alice",
+                intent_hash: intent,
+                issued_at: NOW,
+                expires_at: NOW + 600,
+                jti: "j",
+            },
+        ),
+        "other_key" => sign(
+            &SigningKey::from_bytes(&[8u8; 32]),
+            "approver-1",
+            &Grant {
+                issuer: "mallory",
+                intent_hash: intent,
+                issued_at: NOW,
+                expires_at: NOW + 600,
+                jti: "j",
+            },
+        ),
+        "alg_none" => format!(
+            "{}.{}.",
+            b64(&Value::object([
+                ("alg", "none".into()),
+                ("kid", "approver-1".into())
+            ])),
+            b64(&claims)
+        ),
+        "alg_hs256" => format!(
+            "{}.{}.c2lnbmF0dXJl",
+            b64(&Value::object([
+                ("alg", "HS256".into()),
+                ("kid", "approver-1".into())
+            ])),
+            b64(&claims)
+        ),
+        "alg_rs256" => format!(
+            "{}.{}.c2lnbmF0dXJl",
+            b64(&Value::object([
+                ("alg", "RS256".into()),
+                ("kid", "approver-1".into())
+            ])),
+            b64(&claims)
+        ),
+        "no_exp" => {
+            let Value::Object(mut map) = claims else {
+                unreachable!()
+            };
+            map.remove("exp");
+            signed(
+                Value::object([("alg", "EdDSA".into()), ("kid", "approver-1".into())]),
+                Value::Object(map),
+            )
+        }
+        "tampered" => {
+            let valid = grant(intent, NOW, NOW + 600);
+            let mut parts: Vec<&str> = valid.split('.').collect();
+            let longer = b64(&Value::object([
+                ("iss", "alice".into()),
+                ("sub", intent.into()),
+                ("iat", NOW.into()),
+                ("exp", (NOW + 3000).into()),
+                ("jti", "jti-1".into()),
+            ]));
+            parts[1] = &longer;
+            parts.join(".")
+        }
+        "malformed" => "not-a-token".to_owned(),
+        "garbage_base64" => "a.b.c".to_owned(),
+        other => panic!("unknown token kind `{other}` in fixture"),
     }
-    to_canonical(&request)
 }
 
 #[test]
@@ -56,37 +195,61 @@ fn decision_table() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    let runtime = Runtime::current();
+    let context = test_context();
     let mut checked = 0;
     for file in files {
         let fixture = parse(&std::fs::read(&file).unwrap()).unwrap();
-        let profile_path = manifest().join(fixture["profile_file"].as_str().unwrap());
-        let bytes = std::fs::read(&profile_path).unwrap();
-        let stem = profile_path.file_stem().unwrap().to_str().unwrap();
-        let id = profile_path
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap();
-        let profile = Arc::new(parse_profile(id, stem, &bytes).unwrap());
-        let lookup: ProfileLookup = Ok(Arc::clone(&profile));
+        let profile = match fixture["profile_file"].as_str() {
+            Some(relative) => {
+                let path = manifest().join(relative);
+                let bytes = std::fs::read(&path).unwrap();
+                let version = path.file_stem().unwrap().to_str().unwrap();
+                let id = path
+                    .parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap();
+                parse_profile(id, version, &bytes).unwrap()
+            }
+            None => {
+                let inline = &fixture["profile"];
+                parse_profile(
+                    inline["profile_id"].as_str().unwrap(),
+                    inline["profile_version"].as_str().unwrap(),
+                    &to_canonical(inline),
+                )
+                .unwrap_or_else(|err| panic!("{}: {err}", file.display()))
+            }
+        };
+        let lookup: ProfileLookup = Ok(Arc::new(profile));
+        let profile = lookup.as_ref().unwrap();
         for case in fixture["cases"].as_array().unwrap() {
             let name = case["name"].as_str().unwrap();
-            let controls = case.get("controls");
-            let body = request_bytes(
-                &profile,
-                case["tool"].as_str().unwrap(),
-                &case["args"],
-                controls,
-            );
-            let request = decode(&body).unwrap();
+            let mut request = request_value(profile, case["tool"].as_str().unwrap(), &case["args"]);
+            if let Some(controls) = case.get("controls") {
+                let Value::Object(map) = &mut request else {
+                    unreachable!()
+                };
+                map.insert("controls".into(), controls.clone());
+            }
+            if let Some(kind) = case["token"].as_str() {
+                let intent = decode(&to_canonical(&request)).unwrap().intent_hash;
+                let Value::Object(map) = &mut request else {
+                    unreachable!()
+                };
+                map.insert(
+                    "controls".into(),
+                    Value::object([("approval_token", token(kind, &intent).into())]),
+                );
+            }
+            let request = decode(&to_canonical(&request)).unwrap();
             let attempt = Attempt::Request {
                 request: &request,
                 profile: &lookup,
             };
-            let decision = decide(attempt, &runtime, UNIX_EPOCH);
+            let decision = decide(attempt, &context, at(NOW));
             let expect = &case["expect"];
             assert_eq!(
                 (decision.decision_type.as_str(), decision.reason.as_str()),
@@ -102,8 +265,29 @@ fn decision_table() {
                 let detail = decision.detail.clone().unwrap_or_default();
                 assert!(detail.contains(part), "{name}: `{detail}` lacks `{part}`");
             }
-            // Deterministic: the same inputs at another time give the same decision.
-            let again = decide(attempt, &runtime, UNIX_EPOCH + Duration::from_secs(86_400));
+            if let Some(rules) = expect["escalation_rules"].as_array() {
+                let escalation = decision
+                    .escalation
+                    .clone()
+                    .unwrap_or_else(|| panic!("{name}: no escalation"));
+                assert_eq!(escalation.intent_hash, request.intent_hash, "{name}");
+                let got: Vec<&str> = escalation.rules.iter().map(String::as_str).collect();
+                let want: Vec<&str> = rules.iter().map(|r| r.as_str().unwrap()).collect();
+                assert_eq!(got.len(), want.len(), "{name}: {got:?}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        g.starts_with(w),
+                        "{name}: rule `{g}` should start with `{w}`"
+                    );
+                }
+            }
+            assert_eq!(
+                decision.approval.is_some(),
+                expect["approved_by"].as_str().is_some(),
+                "{name}"
+            );
+            // Deterministic: the same inputs a second later give the same decision.
+            let again = decide(attempt, &context, at(NOW + 1));
             assert_eq!(decision.fingerprint(), again.fingerprint(), "{name}");
             assert_eq!(
                 decision.approved_call.is_some(),
@@ -112,7 +296,7 @@ fn decision_table() {
             checked += 1;
         }
     }
-    assert!(checked >= 20, "only {checked} decision cases ran");
+    assert!(checked >= 55, "only {checked} decision cases ran");
 }
 
 #[test]

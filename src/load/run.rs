@@ -375,7 +375,7 @@ async fn worker(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, index: usize) {
 
         let started = Instant::now();
         let outcome = match tokio::time::timeout(shared.timeout, async {
-            if !sender.as_ref().is_some_and(|s| !s.is_closed()) {
+            if sender.as_ref().is_none_or(|s| s.is_closed()) {
                 sender = Some(connect(&shared.target.addr).await?);
             }
             match sender.as_mut() {
@@ -734,6 +734,7 @@ mod tests {
             sync: SyncMode::Never,
             sync_interval: Duration::from_millis(100),
             queue_capacity: 1024,
+            observer: None,
         })
         .unwrap();
         let profiles = ProfileStore::new(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"));
@@ -747,7 +748,9 @@ mod tests {
                 .unwrap();
             runtime.block_on(async {
                 let gate = Gate::new(&config, profiles, audit);
-                let server = Server::bind(config.listen, gate).await.unwrap();
+                let server = Server::bind(config.listen, std::sync::Arc::new(gate))
+                    .await
+                    .unwrap();
                 bound.send(server.local_addr().unwrap()).unwrap();
                 server
                     .run(async {

@@ -43,6 +43,10 @@ impl Profile {
 pub struct ToolPolicy {
     pub name: String,
     pub requires_approval: bool,
+    /// What a missing approval leads to when `requires_approval` (ext: `on_missing`).
+    pub on_missing: Severity,
+    /// Ext `additional_args: "deny"`: an argument no rule names violates.
+    pub deny_additional_args: bool,
     /// In the order the profile lists them: the first failing rule decides.
     pub arg_rules: Vec<ArgRule>,
 }
@@ -53,10 +57,23 @@ pub struct ArgRule {
     pub path: String,
     pub steps: Vec<PathStep>,
     pub kind: RuleKind,
+    /// Ext `required: false`: an absent (or null) value is fine, a present one must conform.
+    pub required: bool,
+    /// Ext `on_violation`: DENY (the reference's only behaviour) or ESCALATE.
+    pub on_violation: Severity,
     pub max_len: Option<u64>,
+    pub min_len: Option<u64>,
+    pub max_items: Option<u64>,
     pub one_of: Option<Vec<String>>,
     /// Compiled as `^(?:…)`: anchored at the start like Python's `re.match`.
     pub pattern: Option<Regex>,
+}
+
+/// What failing a check leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Deny,
+    Escalate,
 }
 
 /// One step of an argument path: `$.to` is `[Key("to")]`.
@@ -71,6 +88,9 @@ pub enum RuleKind {
     String,
     Number,
     Bool,
+    Integer,
+    Array,
+    Object,
     /// Kept, not refused at load: the reference reports it when the rule is evaluated
     /// (`CONSTRAINT_EVAL_ERROR`).
     Unknown(String),

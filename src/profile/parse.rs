@@ -7,7 +7,7 @@ use regex::Regex;
 use crate::canonical::{self, Value};
 use crate::strict::Strict;
 
-use super::{ArgRule, PathStep, Profile, ProfileError, RuleKind, ToolPolicy};
+use super::{ArgRule, PathStep, Profile, ProfileError, RuleKind, Severity, ToolPolicy};
 
 /// Parses and validates the bytes of `{id}/{version}.json`.
 pub fn parse_profile(id: &str, version: &str, bytes: &[u8]) -> Result<Profile, ProfileError> {
@@ -70,17 +70,31 @@ fn read_profile(value: &Value, id: &str, version: &str) -> Result<Vec<ToolPolicy
 
 fn read_tool(value: &Value, at: &str) -> Result<ToolPolicy, String> {
     let tool = Strict::new(value, at)?;
-    tool.only(&["name", "required_controls", "constraints"])?;
+    tool.only(&[
+        "name",
+        "required_controls",
+        "additional_args",
+        "constraints",
+    ])?;
     let name = tool.non_empty_str("name")?.to_owned();
 
-    let requires_approval = match tool.members.get("required_controls") {
-        None | Some(Value::Null) => false,
+    let (requires_approval, on_missing) = match tool.members.get("required_controls") {
+        None | Some(Value::Null) => (false, Severity::Deny),
         Some(value) => {
             let at = format!("{at}.required_controls");
             let controls = Strict::new(value, &at)?;
-            controls.only(&["approval_token"])?;
-            controls.optional_bool("approval_token")?.unwrap_or(false)
+            controls.only(&["approval_token", "on_missing"])?;
+            (
+                controls.optional_bool("approval_token")?.unwrap_or(false),
+                severity(&controls, "on_missing")?,
+            )
         }
+    };
+    let deny_additional_args = match tool.members.get("additional_args") {
+        None => false,
+        Some(Value::String(s)) if s == "allow" => false,
+        Some(Value::String(s)) if s == "deny" => true,
+        Some(_) => return Err(format!("`{at}.additional_args` must be `allow` or `deny`")),
     };
 
     let arg_rules = match tool.members.get("constraints") {
@@ -109,22 +123,41 @@ fn read_tool(value: &Value, at: &str) -> Result<ToolPolicy, String> {
     Ok(ToolPolicy {
         name,
         requires_approval,
+        on_missing,
+        deny_additional_args,
         arg_rules,
     })
 }
 
 fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
     let rule = Strict::new(value, at)?;
-    rule.only(&["path", "type", "max_len", "enum", "pattern"])?;
+    rule.only(&[
+        "path",
+        "type",
+        "required",
+        "on_violation",
+        "max_len",
+        "min_len",
+        "max_items",
+        "enum",
+        "pattern",
+    ])?;
     let path = rule.non_empty_str("path")?.to_owned();
     let steps = parse_path(&path).map_err(|why| format!("`{at}.path` `{path}` {why}"))?;
     let kind = match rule.non_empty_str("type")? {
         "string" => RuleKind::String,
         "number" => RuleKind::Number,
         "bool" => RuleKind::Bool,
+        "integer" => RuleKind::Integer,
+        "array" => RuleKind::Array,
+        "object" => RuleKind::Object,
         other => RuleKind::Unknown(other.to_owned()),
     };
+    let required = rule.optional_bool("required")?.unwrap_or(true);
+    let on_violation = severity(&rule, "on_violation")?;
     let max_len = rule.optional_count("max_len")?;
+    let min_len = rule.optional_count("min_len")?;
+    let max_items = rule.optional_count("max_items")?;
     let one_of = match rule.members.get("enum") {
         None => None,
         Some(Value::Array(items)) => Some(
@@ -157,21 +190,50 @@ fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
             ))
         }
     };
-    // A string check on a non-string rule would be silently ignored; refuse it instead.
-    let string_checks = max_len.is_some() || one_of.is_some() || pattern.is_some();
-    if string_checks && matches!(kind, RuleKind::Number | RuleKind::Bool) {
+    // A check that does not apply to the rule's type would be silently ignored; refuse it.
+    let string_checks =
+        max_len.is_some() || min_len.is_some() || one_of.is_some() || pattern.is_some();
+    let known = !matches!(kind, RuleKind::Unknown(_));
+    if string_checks && known && kind != RuleKind::String {
         return Err(format!(
-            "`{at}` sets `max_len`, `enum` or `pattern`, which apply to strings only"
+            "`{at}` sets `max_len`, `min_len`, `enum` or `pattern`, which apply to strings only"
         ));
+    }
+    if max_items.is_some() && known && kind != RuleKind::Array {
+        return Err(format!(
+            "`{at}` sets `max_items`, which applies to arrays only"
+        ));
+    }
+    if let (Some(min), Some(max)) = (min_len, max_len) {
+        if min > max {
+            return Err(format!("`{at}` has `min_len` {min} above `max_len` {max}"));
+        }
     }
     Ok(ArgRule {
         path,
         steps,
         kind,
+        required,
+        on_violation,
         max_len,
+        min_len,
+        max_items,
         one_of,
         pattern,
     })
+}
+
+/// An optional `"DENY"` / `"ESCALATE"` member; absent means DENY, as in the reference.
+fn severity(object: &Strict<'_, '_>, key: &str) -> Result<Severity, String> {
+    match object.members.get(key) {
+        None => Ok(Severity::Deny),
+        Some(Value::String(s)) if s == "DENY" => Ok(Severity::Deny),
+        Some(Value::String(s)) if s == "ESCALATE" => Ok(Severity::Escalate),
+        Some(_) => Err(format!(
+            "`{}.{key}` must be `DENY` or `ESCALATE`",
+            object.at
+        )),
+    }
 }
 
 /// Parses `$.key`, `$.a.b` and `$.items[0]` into steps.

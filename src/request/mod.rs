@@ -39,7 +39,7 @@ pub struct Actor {
 }
 
 /// Why a body never became an [`ExecRequest`], with what the audit record can still say.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub reason: ReasonCode,
     pub request_hash: String,
@@ -48,6 +48,8 @@ pub struct Rejection {
     pub profile: Option<(String, String)>,
     /// A human-readable cause for the client; never internal state.
     pub detail: String,
+    /// The normalized request, when the schema held (`CTX_HASH_MISMATCH`), so it can be replayed.
+    pub normalized: Option<Value>,
 }
 
 /// Steps 2–4 of SPEC §6 over a complete body.
@@ -59,6 +61,7 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
             request_id: None,
             profile: None,
             detail: err.to_string(),
+            normalized: None,
         })
     })?;
     let fields = match read_fields(&value) {
@@ -70,6 +73,7 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
                 request_id: None,
                 profile: None,
                 detail,
+                normalized: None,
             }))
         }
     };
@@ -86,6 +90,7 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
                 fields.profile_version.to_owned(),
             )),
             detail: "`context.snapshot_hash` is not the hash of `context.snapshot`".to_owned(),
+            normalized: Some(normalized),
         }));
     }
     let intent_hash = intent_hash(&normalized);

@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -17,8 +17,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
 
+use crate::approval::Spend;
 use crate::canonical;
 use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
+use crate::metrics::InFlight;
 use crate::request::{self, Rejection};
 
 use super::body::read_body;
@@ -78,7 +80,28 @@ where
         return response;
     }
 
-    let received = SystemTime::now();
+    let _in_flight = InFlight::enter(&gate.metrics.in_flight);
+    let arrival = Arrival {
+        wall: SystemTime::now(),
+        clock: Instant::now(),
+    };
+    // Shedding load before reading the body keeps an overload cheap; the refusal is still a
+    // decision with its record.
+    let Ok(_permit) = Arc::clone(&gate.in_flight).try_acquire_owned() else {
+        let rejection = Rejection {
+            reason: ReasonCode::Overloaded,
+            request_hash: canonical::sha256_prefixed(b""),
+            request_id: None,
+            profile: None,
+            detail: format!(
+                "the gate is deciding {} requests already; retry later",
+                gate.limits.max_in_flight
+            ),
+            normalized: None,
+        };
+        let decision = (gate.decide)(Attempt::Rejected(&rejection), &gate.context, arrival.wall);
+        return record_and_respond(&gate, decision, arrival, arrival.wall).await;
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -92,7 +115,7 @@ where
     )
     .await;
 
-    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, received))
+    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival))
         .catch_unwind()
         .await;
     match attempt {
@@ -102,7 +125,7 @@ where
             // is an INTERNAL_ERROR of its own, recorded like any other decision.
             tracing::error!("panic while deciding; answering INTERNAL_ERROR");
             let decision = internal_error(&gate, body.as_ref().ok());
-            record_and_respond(&gate, decision, received, SystemTime::now()).await
+            record_and_respond(&gate, decision, arrival, SystemTime::now()).await
         }
     }
 }
@@ -110,10 +133,13 @@ where
 async fn decide_and_record(
     gate: &Gate,
     body: &Result<Bytes, super::body::BodyFailure>,
-    received: SystemTime,
+    arrival: Arrival,
 ) -> Response<Full<Bytes>> {
+    // The decision time, at the precision the audit record keeps, so a replay at the recorded
+    // `decided_at` sees exactly the instant this decision saw.
+    let now = to_micros(SystemTime::now());
     let decision = match body {
-        Ok(bytes) => decide_body(gate, bytes),
+        Ok(bytes) => decide_body(gate, bytes, now),
         Err(failure) => {
             let rejection = Rejection {
                 reason: failure.reason,
@@ -122,18 +148,43 @@ async fn decide_and_record(
                 request_id: None,
                 profile: None,
                 detail: failure.detail.clone(),
+                normalized: None,
             };
-            (gate.decide)(Attempt::Rejected(&rejection), &gate.runtime, received)
+            (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now)
         }
     };
-    record_and_respond(gate, decision, received, SystemTime::now()).await
+    let decision = spend_approval(gate, decision, now).await;
+    record_and_respond(gate, decision, arrival, now).await
+}
+
+/// With `approvals.single_use`, an ALLOW that relied on an approval spends it first; a token
+/// spent before turns the ALLOW into a DENY, and a ledger that cannot be written fails closed.
+async fn spend_approval(gate: &Gate, decision: Decision, now: SystemTime) -> Decision {
+    let (Some(ledger), Some(approval)) = (&gate.used_tokens, &decision.approval) else {
+        return decision;
+    };
+    if decision.decision_type != crate::decision::DecisionType::Allow {
+        return decision;
+    }
+    let ledger = std::sync::Arc::clone(ledger);
+    let approval = approval.clone();
+    let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let spent = tokio::task::spawn_blocking(move || ledger.spend(&approval, now_secs)).await;
+    match spent {
+        Ok(Ok(Spend::Fresh)) => decision,
+        Ok(Ok(Spend::AlreadyUsed)) => decision.approval_already_used(),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "single-use ledger could not be written");
+            decision.overridden(ReasonCode::InternalError, "internal error")
+        }
+        Err(_) => decision.overridden(ReasonCode::InternalError, "internal error"),
+    }
 }
 
 /// Steps 2–9: decode, look the profile up, decide.
-fn decide_body(gate: &Gate, bytes: &[u8]) -> Decision {
-    let now = SystemTime::now();
+fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
     match request::decode(bytes) {
-        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.runtime, now),
+        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now),
         Ok(request) => {
             let profile = gate
                 .profiles
@@ -143,7 +194,7 @@ fn decide_body(gate: &Gate, bytes: &[u8]) -> Decision {
                     request: &request,
                     profile: &profile,
                 },
-                &gate.runtime,
+                &gate.context,
                 now,
             )
         }
@@ -158,9 +209,16 @@ fn internal_error(gate: &Gate, body: Option<&Bytes>) -> Decision {
         None,
         None,
         no_profile_hash(),
-        &gate.runtime,
+        &gate.context.runtime,
         Some("internal error".to_owned()),
     )
+}
+
+/// When an execution request arrived: wall time for the record, a monotonic clock for metrics.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    wall: SystemTime,
+    clock: Instant,
 }
 
 /// Appends the decision's record, then answers. Nothing is answered before its record is
@@ -168,15 +226,20 @@ fn internal_error(gate: &Gate, body: Option<&Bytes>) -> Decision {
 async fn record_and_respond(
     gate: &Gate,
     decision: Decision,
-    received: SystemTime,
+    arrival: Arrival,
     decided: SystemTime,
 ) -> Response<Full<Bytes>> {
     let timestamps = Timestamps {
-        received_at: rfc3339(received),
+        received_at: rfc3339(arrival.wall),
         decided_at: rfc3339(decided),
     };
     let record = decision.audit_record(&timestamps, gate.include_request);
-    match gate.audit.append(record).await {
+    let appending = Instant::now();
+    let appended = gate.audit.append(record).await;
+    gate.metrics
+        .audit_append_duration
+        .observe(appending.elapsed().as_secs_f64());
+    let (status, answered, audit) = match appended {
         Ok(receipt) => {
             let block = AuditBlock {
                 stream: receipt.stream.to_string(),
@@ -184,16 +247,10 @@ async fn record_and_respond(
                 prev_hash: receipt.prev_hash,
                 record_hash: receipt.record_hash,
             };
-            tracing::debug!(
-                provenance_id = %decision.provenance_id,
-                decision = %decision.decision_type,
-                reason = %decision.reason,
-                seq = block.seq,
-                "decided"
-            );
-            respond(StatusCode::OK, &decision, Some(&block))
+            (StatusCode::OK, decision, Some(block))
         }
         Err(err) => {
+            gate.metrics.audit_write_failures.inc();
             tracing::error!(
                 provenance_id = %decision.provenance_id,
                 error = %err,
@@ -203,23 +260,76 @@ async fn record_and_respond(
                 ReasonCode::AuditWriteFailed,
                 "the audit record could not be written",
             );
-            respond(StatusCode::SERVICE_UNAVAILABLE, &failed, None)
+            (StatusCode::SERVICE_UNAVAILABLE, failed, None)
         }
-    }
+    };
+    let response = match (&gate.proxy, &audit) {
+        // Proxy mode: only now, with the decision record persisted, may an ALLOW be forwarded;
+        // the outcome gets its own record before the answer leaves.
+        (Some(proxy), Some(block)) => {
+            let mut body = answered.body(audit.as_ref());
+            let status = proxy
+                .execute(&gate.audit, &answered, block, &mut body)
+                .await;
+            let mut bytes = Vec::with_capacity(BODY_CAPACITY);
+            canonical::write_canonical(&body, &mut bytes);
+            respond(status, bytes)
+        }
+        // Decide mode: the decision is the whole answer, written straight to bytes; building
+        // it as a `Value` first cost more than the rest of rendering (issue 6).
+        _ => {
+            let mut bytes = Vec::with_capacity(BODY_CAPACITY);
+            answered.write_body(audit.as_ref(), &mut bytes);
+            respond(status, bytes)
+        }
+    };
+    let elapsed = arrival.clock.elapsed();
+    gate.metrics.decided(
+        answered.decision_type,
+        answered.reason,
+        elapsed.as_secs_f64(),
+    );
+    log_decision(gate, &answered, audit.as_ref(), elapsed);
+    response
+}
+
+/// One info line per decision. Tool arguments and snapshots stay out of the log unless
+/// `log.include_args` says otherwise: they may hold personal data or secrets.
+fn log_decision(gate: &Gate, decision: &Decision, audit: Option<&AuditBlock>, elapsed: Duration) {
+    let request = decision.normalized_request.as_ref();
+    let tool = request
+        .and_then(|r| r["tool"]["name"].as_str())
+        .unwrap_or("");
+    let profile = decision
+        .profile
+        .as_ref()
+        .map(|(id, version)| format!("{id}@{version}"))
+        .unwrap_or_default();
+    let args = if gate.log_args {
+        request.map(|r| {
+            String::from_utf8_lossy(&canonical::to_canonical(&r["tool"]["args"])).into_owned()
+        })
+    } else {
+        None
+    };
+    tracing::info!(
+        target: "ecl_gate::decision",
+        provenance_id = %decision.provenance_id,
+        decision = decision.decision_type.as_str(),
+        reason = decision.reason.as_str(),
+        tool,
+        profile = %profile,
+        seq = audit.map(|a| a.seq),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        args,
+        "decision"
+    );
 }
 
 /// Bytes reserved for a response body: a typical decision is 700–900 bytes.
 const BODY_CAPACITY: usize = 1024;
 
-fn respond(
-    status: StatusCode,
-    decision: &Decision,
-    audit: Option<&AuditBlock>,
-) -> Response<Full<Bytes>> {
-    // Written straight to bytes: building the body as a `Value` first cost more than the rest
-    // of rendering (issue 6).
-    let mut body = Vec::with_capacity(BODY_CAPACITY);
-    decision.write_body(audit, &mut body);
+fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -227,6 +337,11 @@ fn respond(
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn to_micros(t: SystemTime) -> SystemTime {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn rfc3339(t: SystemTime) -> String {

@@ -3,34 +3,54 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::approval::UsedTokens;
 use crate::audit::AuditLog;
-use crate::config::Config;
-use crate::decision::{self, Attempt, Decision, Runtime};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, Limits};
+use crate::decision::{self, Attempt, Context, Decision, Runtime};
+use crate::metrics::Metrics;
 use crate::profile::ProfileStore;
 
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
-pub type DecideFn = fn(Attempt<'_>, &Runtime, SystemTime) -> Decision;
+pub type DecideFn = fn(Attempt<'_>, &Context, SystemTime) -> Decision;
 
 pub struct Gate {
     pub profiles: ProfileStore,
     pub audit: AuditLog,
-    pub runtime: Runtime,
+    pub context: Context,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub include_request: bool,
+    pub limits: Limits,
+    /// Permits for requests being decided (`max_in_flight`).
+    pub in_flight: Arc<Semaphore>,
     pub decide: DecideFn,
+    pub metrics: Arc<Metrics>,
+    /// `log.include_args`: tool arguments in decision log lines.
+    pub log_args: bool,
+    /// The single-use ledger, when `approvals.single_use` is on.
+    pub used_tokens: Option<Arc<UsedTokens>>,
+    /// Proxy mode: forwards ALLOWed calls after their decision record is written.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Gate {
-    pub fn new(config: &Config, profiles: ProfileStore, audit: AuditLog) -> Arc<Gate> {
-        Arc::new(Gate {
+    pub fn new(config: &Config, profiles: ProfileStore, audit: AuditLog) -> Gate {
+        Gate {
             profiles,
             audit,
-            runtime: Runtime::current(),
+            context: Context::new(config.approvals.clone()),
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             include_request: config.audit.include_request,
+            limits: config.limits,
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             decide: decision::decide,
-        })
+            metrics: Arc::new(Metrics::new(&Runtime::current())),
+            log_args: config.log.include_args,
+            used_tokens: None,
+            proxy: None,
+        }
     }
 }

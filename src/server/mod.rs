@@ -21,17 +21,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 
 pub use execute::ExecuteService;
 pub use gate::{DecideFn, Gate};
-
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on buffered request headers per connection.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// The service stack, outermost first.
 pub fn execute_stack(
@@ -61,7 +57,17 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (port 0 picks a free port; read it back with [`Server::local_addr`]).
     pub async fn bind(addr: SocketAddr, gate: Arc<Gate>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A backlog as deep as the connection limit: a burst of clients waits for a slot
+        // instead of overflowing the accept queue (the kernel caps it at somaxconn).
+        let backlog = u32::try_from(gate.limits.max_connections).unwrap_or(u32::MAX);
+        let listener = socket.listen(backlog)?;
         Ok(Server { listener, gate })
     }
 
@@ -71,16 +77,27 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let limits = self.gate.limits;
         let service = execute_stack(self.gate);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADER_BYTES);
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
+            // Waiting for a connection slot before accepting leaves extra clients in the
+            // kernel's backlog instead of holding sockets the gate cannot serve.
+            let slot = tokio::select! {
+                slot = Arc::clone(&connections).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(conn) => conn,
@@ -103,6 +120,7 @@ impl Server {
                 if let Err(err) = connection.await {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
                 }
+                drop(slot);
             });
         }
         drop(self.listener);

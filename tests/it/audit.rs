@@ -88,8 +88,21 @@ async fn the_chain_continues_after_a_restart() {
             assert_eq!(decision["audit"]["prev_hash"].str(), last_hash);
         }
         last_hash = decision["audit"]["record_hash"].str().to_owned();
+        drop(gate);
+        // The stopped gate keeps the log locked until its server task has wound down.
+        wait_until_unlocked(&path).await;
     }
     assert_verify_ok(&path, 3);
+}
+
+async fn wait_until_unlocked(path: &std::path::Path) {
+    for _ in 0..500 {
+        if std::fs::File::open(path).unwrap().try_lock().is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("`{}` is still locked", path.display());
 }
 
 #[tokio::test]

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ecl_gate::approval::{Approvals, UsedTokens};
 use ecl_gate::audit::{AuditLog, AuditSettings, SyncMode};
 use ecl_gate::canonical::{self, Value};
-use ecl_gate::config::{Config, RawConfig};
+use ecl_gate::config::{Config, RawAudit, RawConfig};
 use ecl_gate::profile::ProfileStore;
 use ecl_gate::server::{DecideFn, Gate, Server};
 use http_body_util::{BodyExt, Full};
@@ -36,6 +37,12 @@ pub struct Options {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub decide: Option<DecideFn>,
+    pub approvals: Approvals,
+    pub single_use_ledger: Option<PathBuf>,
+    pub include_request: bool,
+    pub max_in_flight: u64,
+    /// Proxy mode: upstreams and grant signer (tests/it/proxy.rs).
+    pub proxy: Option<ecl_gate::proxy::ProxyConfig>,
 }
 
 impl Default for Options {
@@ -47,6 +54,11 @@ impl Default for Options {
             max_body_bytes: 1024 * 1024,
             body_timeout: Duration::from_secs(10),
             decide: None,
+            approvals: Approvals::default(),
+            single_use_ledger: None,
+            include_request: false,
+            max_in_flight: 1024,
+            proxy: None,
         }
     }
 }
@@ -65,6 +77,11 @@ impl TestGate {
             listen: "127.0.0.1:0".into(),
             max_body_bytes: options.max_body_bytes as u64,
             body_timeout_ms: options.body_timeout.as_millis() as u64,
+            max_in_flight: options.max_in_flight,
+            audit: RawAudit {
+                include_request: options.include_request,
+                ..RawConfig::default().audit
+            },
             ..RawConfig::default()
         };
         let config: Config = raw.validate().unwrap();
@@ -73,14 +90,22 @@ impl TestGate {
             sync: options.sync,
             sync_interval: Duration::from_millis(50),
             queue_capacity: 4096,
+            observer: None,
         })
         .unwrap();
         let profiles = ProfileStore::new(&options.profiles_root);
         let mut gate = Gate::new(&config, profiles, audit);
         if let Some(decide) = options.decide {
-            Arc::get_mut(&mut gate).unwrap().decide = decide;
+            gate.decide = decide;
         }
-        let server = Server::bind(config.listen, gate).await.unwrap();
+        gate.context.approvals = options.approvals;
+        if let Some(path) = options.single_use_ledger {
+            gate.used_tokens = Some(Arc::new(UsedTokens::open(&path).unwrap()));
+        }
+        if let Some(proxy) = &options.proxy {
+            gate.proxy = Some(Arc::new(ecl_gate::proxy::Proxy::new(proxy).unwrap()));
+        }
+        let server = Server::bind(config.listen, Arc::new(gate)).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(server.run(async {

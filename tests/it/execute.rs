@@ -243,7 +243,7 @@ async fn every_rejection_is_an_audited_deny() {
                 &["controls"],
                 Some(Value::object([("approval_token", "APPROVED".into())])),
             )),
-            "CONTROL_REQUIRED",
+            "APPROVAL_INVALID",
         ),
         (
             "recipient outside the domain",

@@ -2,12 +2,12 @@
 
 use std::time::SystemTime;
 
-use ecl_gate::decision::{Attempt, Decision, Runtime};
+use ecl_gate::decision::{Attempt, Context, Decision};
 
 use crate::common::*;
 use crate::execute::assert_verify_ok;
 
-fn panicking_decide(_: Attempt<'_>, _: &Runtime, _: SystemTime) -> Decision {
+fn panicking_decide(_: Attempt<'_>, _: &Context, _: SystemTime) -> Decision {
     panic!("injected fault: decide panicked")
 }
 

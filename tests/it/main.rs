@@ -2,10 +2,27 @@
 //! gate over real HTTP on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
+mod approvals;
 mod audit;
+mod audit_cli;
+mod cli;
 mod common;
+mod crashtest;
+mod deploy;
 mod determinism;
 mod execute;
+mod hostile;
 mod internal;
 mod profiles;
+mod props;
+mod proxy;
+mod replay;
+mod schemas;
 mod vectors;
+
+/// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the
+/// very code the example ships.
+#[path = "../../examples/demo_tool.rs"]
+#[allow(dead_code)]
+mod demo_tool;

@@ -1,0 +1,184 @@
+//! The admin listener, on its own port so the execution surface keeps exactly one route.
+//!
+//! Endpoints:
+//! - `GET /healthz` — the process is alive and serving this listener: always 200.
+//! - `GET /readyz` — 200 when the execution listener is bound, the profiles root is readable
+//!   and the audit log takes writes; otherwise 503 with the failing checks named.
+//! - `GET /metrics` — Prometheus metrics (OpenMetrics text).
+//! - `GET /openapi.yaml` — the API description.
+//!
+//! It only reads state; nothing here can change a decision.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::canonical::{self, Value};
+use crate::server::Gate;
+
+/// The OpenAPI description served at `/openapi.yaml`, compiled in so it always matches.
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
+
+pub struct Admin {
+    listener: TcpListener,
+    state: Arc<AdminState>,
+}
+
+struct AdminState {
+    gate: Arc<Gate>,
+    serving: Arc<AtomicBool>,
+}
+
+impl Admin {
+    /// Binds the admin listener. `serving` is set by the caller once the execution listener
+    /// is bound and cleared when it stops, so readiness follows it.
+    pub async fn bind(
+        addr: SocketAddr,
+        gate: Arc<Gate>,
+        serving: Arc<AtomicBool>,
+    ) -> std::io::Result<Admin> {
+        Ok(Admin {
+            listener: TcpListener::bind(addr).await?,
+            state: Arc::new(AdminState { gate, serving }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let state = Arc::clone(&self.state);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, &request)) }
+            });
+            let connection = graceful.watch(
+                builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned(),
+            );
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        graceful.shutdown().await;
+    }
+}
+
+fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &Value::object([(
+                "error",
+                "method not allowed: the admin endpoints take GET".into(),
+            )]),
+        );
+        // RFC 9110 §15.5.6: a 405 lists what the resource does allow.
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match request.uri().path() {
+        "/healthz" => json(StatusCode::OK, &Value::object([("status", "ok".into())])),
+        "/readyz" => readiness(state),
+        "/metrics" => {
+            let metrics = &state.gate.metrics;
+            metrics
+                .profiles_loaded
+                .set(i64::try_from(state.gate.profiles.loaded_count()).unwrap_or(i64::MAX));
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.encode(),
+            )
+        }
+        "/openapi.yaml" => text(StatusCode::OK, "application/yaml", OPENAPI_YAML.to_owned()),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &Value::object([(
+                "error",
+                "not found: /healthz, /readyz, /metrics, /openapi.yaml".into(),
+            )]),
+        ),
+    }
+}
+
+fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
+    let mut failing = Vec::new();
+    if !state.serving.load(Ordering::Acquire) {
+        failing.push(Value::from("execution listener is not serving"));
+    }
+    let root = state.gate.profiles.root();
+    if std::fs::read_dir(root).is_err() {
+        failing.push(Value::from(format!(
+            "profiles root `{}` is not readable",
+            root.display()
+        )));
+    }
+    let audit = state.gate.audit.health();
+    if audit.failing {
+        let why = audit
+            .last_error
+            .unwrap_or_else(|| "writer stopped".to_owned());
+        failing.push(Value::from(format!("audit log is failing: {why}")));
+    }
+    if failing.is_empty() {
+        json(StatusCode::OK, &Value::object([("status", "ready".into())]))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Value::object([
+                ("status", "not ready".into()),
+                ("failing", Value::Array(failing)),
+            ]),
+        )
+    }
+}
+
+fn json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(canonical::to_canonical(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics (OpenMetrics text, via `prometheus-client`): what the admin listener
+//! serves at `/metrics`.
+//!
+//! Owns the registry and the handles the request path updates. Updating a metric never blocks
+//! and never allocates on the hot path: label values are `&'static str`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::decision::{DecisionType, ReasonCode, Runtime};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    build: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    decision_duration: Histogram,
+    pub audit_append_duration: Histogram,
+    pub audit_fsync_duration: Histogram,
+    pub audit_batch_size: Histogram,
+    pub audit_write_failures: Counter,
+    pub in_flight: Gauge,
+    pub profiles_loaded: Gauge,
+}
+
+/// Latency buckets from 25 µs to about 0.8 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_025, 2.0, 16)
+}
+
+impl Metrics {
+    pub fn new(runtime: &Runtime) -> Metrics {
+        let mut registry = Registry::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "ecl_decisions",
+            "Decisions answered, by decision type and reason code",
+            decisions.clone(),
+        );
+        let decision_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "ecl_decision_duration_seconds",
+            "Time from request received to decision answered, audit write included",
+            decision_duration.clone(),
+        );
+        let audit_append_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "ecl_audit_append_duration_seconds",
+            "Time from handing a record to the audit writer to its acknowledgement (queue, write and sync)",
+            audit_append_duration.clone(),
+        );
+        let audit_fsync_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "ecl_audit_fsync_duration_seconds",
+            "Duration of each fdatasync of the audit log",
+            audit_fsync_duration.clone(),
+        );
+        let audit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "ecl_audit_batch_size",
+            "Records written per audit batch (group commit)",
+            audit_batch_size.clone(),
+        );
+        let audit_write_failures = Counter::default();
+        registry.register(
+            "ecl_audit_write_failures",
+            "Decisions refused because their audit record could not be written",
+            audit_write_failures.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "ecl_requests_in_flight",
+            "Execution requests being read, decided or recorded",
+            in_flight.clone(),
+        );
+        let profiles_loaded = Gauge::default();
+        registry.register(
+            "ecl_profiles_loaded",
+            "Profile versions loaded and cached",
+            profiles_loaded.clone(),
+        );
+        registry.register(
+            "ecl_build",
+            "Version and build of this gate",
+            Info::new(BuildLabels {
+                version: runtime.version,
+                build: runtime.build,
+            }),
+        );
+        Metrics {
+            registry,
+            decisions,
+            decision_duration,
+            audit_append_duration,
+            audit_fsync_duration,
+            audit_batch_size,
+            audit_write_failures,
+            in_flight,
+            profiles_loaded,
+        }
+    }
+
+    pub fn decided(&self, decision: DecisionType, reason: ReasonCode, seconds: f64) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+        self.decision_duration.observe(seconds);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Counts a request as in flight until dropped.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    pub fn enter(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Feeds the audit writer's batches and syncs into the metrics.
+#[derive(Debug, Clone)]
+pub struct AuditMetrics {
+    fsync_duration: Histogram,
+    batch_size: Histogram,
+}
+
+impl Metrics {
+    /// The observer to hand the audit writer, so its work shows up here.
+    pub fn audit_observer(&self) -> AuditMetrics {
+        AuditMetrics {
+            fsync_duration: self.audit_fsync_duration.clone(),
+            batch_size: self.audit_batch_size.clone(),
+        }
+    }
+}
+
+impl crate::audit::AuditObserver for AuditMetrics {
+    fn batch_committed(&self, records: usize) {
+        self.batch_size.observe(records as f64);
+    }
+
+    fn synced(&self, took: std::time::Duration) {
+        self.fsync_duration.observe(took.as_secs_f64());
+    }
+}

@@ -1,0 +1,397 @@
+//! Proxy-mode configuration: `[upstreams."tool"]`, `[grants]`, `[tls]` and
+//! `max_upstream_body_bytes`, from raw keys to a validated [`ProxyConfig`].
+//!
+//! Owns resolving credentials (`{ env = "X" }`, `{ file = "…" }`) and loading the signing key
+//! and CA file, all at start, so the gate never starts half-configured. It must never put a
+//! credential into a message, a log line or a `Debug` output: header values are marked
+//! sensitive, and errors name the key, never the value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::grant::{GrantSigner, MAX_LIFETIME};
+
+/// Default for `upstreams.*.timeout_ms`: connect, send and the whole answer.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default for `max_upstream_body_bytes`.
+pub const DEFAULT_MAX_UPSTREAM_BODY_BYTES: u64 = 1024 * 1024;
+/// Upper bound for `max_upstream_body_bytes`: the answer is buffered to hash and record it.
+pub const MAX_UPSTREAM_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Headers the gate sets itself; a configured one would forge or break the call.
+const RESERVED_HEADERS: &[&str] = &[
+    crate::grant::GRANT_HEADER,
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "trailer",
+];
+
+/// `[upstreams."tool.name"]`, exactly as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The grant's `aud`; default: `url`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, RawHeaderValue>,
+}
+
+/// A header value: literal, or read at start from the environment or a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawHeaderValue {
+    Literal(String),
+    Env(EnvRef),
+    File(FileRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRef {
+    pub env: String,
+    /// Put before the value, e.g. `"Bearer "` when the secret holds the bare token.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    pub file: PathBuf,
+    /// Put before the value, e.g. `"Bearer "` when the secret holds the bare token.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// `[grants]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrants {
+    /// PKCS#8 PEM Ed25519 private key (`ecl-gate keygen` writes one); required in proxy mode.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Key id in the grant header; default: derived from the public key (the id `keygen` picks
+    /// when not given `--kid`).
+    #[serde(default)]
+    pub kid: Option<String>,
+    pub ttl: String,
+}
+
+impl Default for RawGrants {
+    fn default() -> Self {
+        RawGrants {
+            signing_key: None,
+            kid: None,
+            ttl: "30s".into(),
+        }
+    }
+}
+
+/// `[tls]`: trust for `https://` upstreams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Extra PEM CA certificates, e.g. an internal CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Also trust the public web PKI (Mozilla's roots, built in) and the system's store.
+    pub public_roots: bool,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            ca_file: None,
+            public_roots: true,
+        }
+    }
+}
+
+/// Everything proxy mode runs on, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub signer: GrantSigner,
+    pub max_upstream_body_bytes: usize,
+    /// Certificates from `tls.ca_file`.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub public_roots: bool,
+}
+
+/// One tool's real endpoint.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub url: Uri,
+    /// The URL as configured, for the grant's default audience and the outcome record.
+    pub url_text: String,
+    pub method: Method,
+    pub timeout: Duration,
+    pub audience: String,
+    /// Values are marked sensitive: `Debug` prints `Sensitive`, never the credential.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn invalid(key: String, message: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidKey {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Validates the proxy keys (called for `mode = "proxy"` only). Reads the environment, the
+/// signing key, the CA file and credential files.
+pub fn validate(
+    upstreams: BTreeMap<String, RawUpstream>,
+    grants: RawGrants,
+    tls: RawTls,
+    max_upstream_body_bytes: u64,
+) -> Result<ProxyConfig, ConfigError> {
+    if upstreams.is_empty() {
+        return Err(invalid(
+            "upstreams".into(),
+            "proxy mode needs at least one `[upstreams.\"tool.name\"]` with a `url`",
+        ));
+    }
+    if max_upstream_body_bytes == 0 || max_upstream_body_bytes > MAX_UPSTREAM_BODY_LIMIT {
+        return Err(invalid(
+            "max_upstream_body_bytes".into(),
+            format!("{max_upstream_body_bytes} is outside 1..={MAX_UPSTREAM_BODY_LIMIT}"),
+        ));
+    }
+    let max_upstream_body_bytes = usize::try_from(max_upstream_body_bytes).map_err(|_| {
+        invalid(
+            "max_upstream_body_bytes".into(),
+            "does not fit this platform",
+        )
+    })?;
+    let signer = signing_key(grants)?;
+    let extra_roots = match &tls.ca_file {
+        Some(path) => ca_file(path)?,
+        None => Vec::new(),
+    };
+    let mut validated = BTreeMap::new();
+    for (tool, raw) in upstreams {
+        let upstream = upstream(&tool, raw)?;
+        if upstream.url.scheme_str() == Some("https") && !tls.public_roots && extra_roots.is_empty()
+        {
+            return Err(invalid(
+                "tls.ca_file".into(),
+                format!("tool `{tool}` is https, but `tls.public_roots` is off and no CA file is set: nothing would be trusted"),
+            ));
+        }
+        validated.insert(tool, upstream);
+    }
+    Ok(ProxyConfig {
+        upstreams: validated,
+        signer,
+        max_upstream_body_bytes,
+        extra_roots,
+        public_roots: tls.public_roots,
+    })
+}
+
+fn signing_key(grants: RawGrants) -> Result<GrantSigner, ConfigError> {
+    let key = || "grants.signing_key".to_owned();
+    let ttl = humantime::parse_duration(&grants.ttl).map_err(|err| {
+        invalid(
+            "grants.ttl".into(),
+            format!("`{}` is not a duration like `30s`: {err}", grants.ttl),
+        )
+    })?;
+    if ttl < Duration::from_secs(1) || ttl > MAX_LIFETIME {
+        return Err(invalid(
+            "grants.ttl".into(),
+            format!(
+                "`{}` is outside 1s..={}s: a grant is for one call, now",
+                grants.ttl,
+                MAX_LIFETIME.as_secs()
+            ),
+        ));
+    }
+    if let Some(kid) = &grants.kid {
+        if !crate::profile::is_valid_ref(kid) {
+            return Err(invalid(
+                "grants.kid".into(),
+                format!("`{kid}` must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}"),
+            ));
+        }
+    }
+    let Some(path) = grants.signing_key.filter(|p| !p.as_os_str().is_empty()) else {
+        return Err(invalid(
+            key(),
+            "proxy mode signs every forwarded call: set it to a PKCS#8 PEM Ed25519 key (`ecl-gate keygen --out DIR` writes one)",
+        ));
+    };
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|err| invalid(key(), format!("cannot read `{}`: {err}", path.display())))?;
+    warn_if_readable_by_others(&path);
+    GrantSigner::from_pem(&pem, grants.kid, ttl)
+        .map_err(|err| invalid(key(), format!("`{}`: {err}", path.display())))
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "grant signing key is readable by other users; whoever reads it can forge grants (chmod 0600)"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_path: &Path) {}
+
+fn ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let key = || "tls.ca_file".to_owned();
+    let bytes = std::fs::read(path)
+        .map_err(|err| invalid(key(), format!("cannot read `{}`: {err}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| invalid(key(), format!("`{}`: {err}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            key(),
+            format!("`{}` holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+fn upstream(tool: &str, raw: RawUpstream) -> Result<Upstream, ConfigError> {
+    let key = |field: &str| format!("upstreams.\"{tool}\".{field}");
+    let url: Uri = raw
+        .url
+        .parse()
+        .map_err(|_| invalid(key("url"), format!("`{}` is not a URL", raw.url)))?;
+    match url.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(invalid(
+                key("url"),
+                format!("`{}` must start with `https://` or `http://`", raw.url),
+            ))
+        }
+    }
+    let Some(authority) = url.authority() else {
+        return Err(invalid(key("url"), format!("`{}` has no host", raw.url)));
+    };
+    if authority.as_str().contains('@') {
+        // Credentials in a URL end up in logs and in the grant's audience.
+        return Err(invalid(
+            key("url"),
+            "must not carry credentials; put them in `headers` with `{ env = \"…\" }` or `{ file = \"…\" }`",
+        ));
+    }
+    let method = match raw.method.as_deref().unwrap_or("POST") {
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "PATCH" => Method::PATCH,
+        other => {
+            return Err(invalid(
+                key("method"),
+                format!("`{other}`, expected `POST`, `PUT` or `PATCH` (the call has a JSON body)"),
+            ))
+        }
+    };
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(1..=600_000).contains(&timeout_ms) {
+        return Err(invalid(
+            key("timeout_ms"),
+            format!("{timeout_ms} is outside 1..=600000"),
+        ));
+    }
+    let audience = raw.audience.unwrap_or_else(|| raw.url.clone());
+    if audience.is_empty() {
+        return Err(invalid(key("audience"), "must not be empty"));
+    }
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (name, value) in raw.headers {
+        let header_key = key(&format!("headers.{name}"));
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(header_key.clone(), "is not a valid header name"))?;
+        if RESERVED_HEADERS.contains(&header.as_str()) {
+            return Err(invalid(
+                header_key,
+                "is set by the gate itself and cannot be configured",
+            ));
+        }
+        let text = resolve(&header_key, value)?;
+        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+            // Never echo the value: it is probably a credential.
+            invalid(
+                header_key.clone(),
+                "the value is not a valid header value (control characters or a newline?)",
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.push((header, value));
+    }
+    Ok(Upstream {
+        url,
+        url_text: raw.url,
+        method,
+        timeout: Duration::from_millis(timeout_ms),
+        audience,
+        headers,
+    })
+}
+
+/// Resolves a header value; a file's trailing newline (as `echo` and most editors write) is
+/// dropped, nothing else.
+fn resolve(key: &str, value: RawHeaderValue) -> Result<String, ConfigError> {
+    match value {
+        RawHeaderValue::Literal(text) => Ok(text),
+        RawHeaderValue::Env(EnvRef { env, prefix }) => match std::env::var(&env) {
+            Ok(text) if !text.is_empty() => Ok(prefix.unwrap_or_default() + &text),
+            Ok(_) => Err(invalid(
+                key.to_owned(),
+                format!("environment variable `{env}` is empty"),
+            )),
+            Err(_) => Err(invalid(
+                key.to_owned(),
+                format!("environment variable `{env}` is not set"),
+            )),
+        },
+        RawHeaderValue::File(FileRef { file, prefix }) => {
+            let text = std::fs::read_to_string(&file).map_err(|err| {
+                invalid(
+                    key.to_owned(),
+                    format!("cannot read `{}`: {err}", file.display()),
+                )
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            if text.is_empty() {
+                return Err(invalid(
+                    key.to_owned(),
+                    format!("`{}` is empty", file.display()),
+                ));
+            }
+            Ok(prefix.unwrap_or_default() + text)
+        }
+    }
+}

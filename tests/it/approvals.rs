@@ -1,0 +1,210 @@
+//! Escalation end to end: ESCALATE → `ecl-gate approve` → the same request with the token is
+//! ALLOWed; the token never transfers to another request and, single-use, never counts twice.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ecl_gate::approval::{parse_public_key, Approvals};
+use ecl_gate::canonical::{self, Value};
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
+
+/// Runs `ecl-gate keygen` into `dir`; returns the kid and the approver config.
+fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let private = dir.join(format!("{kid}.key"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "private key must be 0600");
+    }
+    // PKCS#8 v1, 48 bytes of DER: the form PyJWT/`cryptography` and OpenSSL read (v2, with the
+    // public key embedded, is refused by `cryptography` as "extra data").
+    let pem = std::fs::read_to_string(&private).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    assert_eq!(der.len(), 48, "PKCS#8 v1 Ed25519 key");
+    let public = std::fs::read_to_string(dir.join(format!("{kid}.pub"))).unwrap();
+    let approvals = Approvals {
+        keys: [(kid.clone(), parse_public_key(&public).unwrap())]
+            .into_iter()
+            .collect(),
+        ..Approvals::default()
+    };
+    (kid, private, approvals)
+}
+
+fn approve(key: &Path, what: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("approve")
+        .arg("--key")
+        .arg(key)
+        .args(what)
+        .args(["--ttl", "5m", "--approver", "alice"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn deploy(request_id: &str, service: &str) -> Value {
+    request_for(
+        "ops",
+        "1.0.0",
+        request_id,
+        "deploy.run",
+        Value::object([("service", service.into()), ("version", "1.4.2".into())]),
+    )
+}
+
+fn with_token(request: &Value, token: &str) -> Value {
+    with(
+        request.clone(),
+        &["controls"],
+        Some(Value::object([("approval_token", token.into())])),
+    )
+}
+
+#[tokio::test]
+async fn escalate_approve_allow_and_the_token_binds_one_request() {
+    let keys = tempfile::tempdir().unwrap();
+    let (kid, private, approvals) = keygen(keys.path());
+    let gate = TestGate::start_with(Options {
+        approvals,
+        ..Options::default()
+    })
+    .await;
+
+    let request = deploy("deploy-1", "billing");
+    let (status, escalated) = gate.execute(bytes_of(&request)).await;
+    assert_eq!(status, 200);
+    assert_eq!(escalated["decision_type"].str(), "ESCALATE");
+    assert_eq!(escalated["reason_code"].str(), "APPROVAL_REQUIRED");
+    assert!(escalated["approved_call"].is_null());
+    let intent = escalated["escalation"]["intent_hash"].str().to_owned();
+    assert_eq!(
+        escalated["escalation"]["required"],
+        Value::Array(vec!["approval_token".into()])
+    );
+    let record = gate.record_for(&escalated);
+    assert_eq!(record["escalation"], escalated["escalation"]);
+
+    // The approver signs from the saved ESCALATE answer, or from the intent hash alone.
+    let saved = keys.path().join("escalated.json");
+    std::fs::write(&saved, canonical::to_canonical(&escalated)).unwrap();
+    let token = approve(&private, &["--request", saved.to_str().unwrap()]);
+    let by_hash = approve(&private, &["--intent-hash", &intent]);
+
+    for token in [&token, &by_hash] {
+        let (status, allowed) = gate.execute(bytes_of(&with_token(&request, token))).await;
+        assert_eq!(status, 200);
+        assert_eq!(allowed["decision_type"].str(), "ALLOW", "{allowed:?}");
+        let record = gate.record_for(&allowed);
+        assert_eq!(record["approval"]["kid"].str(), kid);
+        assert_eq!(record["approval"]["iss"].str(), "alice");
+    }
+
+    // The same token on any other request is refused.
+    let others = [
+        ("other args", deploy("deploy-1", "payments")),
+        ("other request_id", deploy("deploy-2", "billing")),
+        (
+            "other actor",
+            with(
+                request.clone(),
+                &["actor", "principal_id"],
+                Some("agent:666".into()),
+            ),
+        ),
+        (
+            "other snapshot",
+            with(
+                with(request.clone(), &["context", "snapshot"], Some(Value::Null)),
+                &["context", "snapshot_hash"],
+                Some(canonical::hash(&Value::Null).into()),
+            ),
+        ),
+    ];
+    for (name, other) in others {
+        let (status, denied) = gate.execute(bytes_of(&with_token(&other, &token))).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            (denied["decision_type"].str(), denied["reason_code"].str()),
+            ("DENY", "APPROVAL_INVALID"),
+            "{name}"
+        );
+        assert!(
+            denied["detail"].str().contains("different request"),
+            "{name}"
+        );
+        gate.record_for(&denied);
+    }
+}
+
+#[tokio::test]
+async fn a_single_use_token_is_honoured_once() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, private, approvals) = keygen(keys.path());
+    let ledger = keys.path().join("used.jsonl");
+    let gate = TestGate::start_with(Options {
+        approvals: approvals.clone(),
+        single_use_ledger: Some(ledger.clone()),
+        ..Options::default()
+    })
+    .await;
+    let request = deploy("deploy-9", "billing");
+    let (_, escalated) = gate.execute(bytes_of(&request)).await;
+    let token = approve(
+        &private,
+        &[
+            "--intent-hash",
+            escalated["escalation"]["intent_hash"].str(),
+        ],
+    );
+    let (_, first) = gate.execute(bytes_of(&with_token(&request, &token))).await;
+    assert_eq!(first["decision_type"].str(), "ALLOW");
+    let (_, second) = gate.execute(bytes_of(&with_token(&request, &token))).await;
+    assert_eq!(
+        (second["decision_type"].str(), second["reason_code"].str()),
+        ("DENY", "APPROVAL_INVALID")
+    );
+    assert!(
+        second["detail"].str().contains("already used"),
+        "{second:?}"
+    );
+    let record = gate.record_for(&second);
+    assert!(record["approved_call"].is_null());
+    // The ledger outlives the gate: a restarted gate refuses the token too.
+    drop(gate);
+    let restarted = TestGate::start_with(Options {
+        approvals,
+        single_use_ledger: Some(ledger),
+        ..Options::default()
+    })
+    .await;
+    let (_, third) = restarted
+        .execute(bytes_of(&with_token(&request, &token)))
+        .await;
+    assert_eq!(third["reason_code"].str(), "APPROVAL_INVALID");
+    assert!(third["detail"].str().contains("already used"), "{third:?}");
+}

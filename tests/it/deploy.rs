@@ -1,0 +1,694 @@
+//! The deploy wiring (Dockerfile, compose, Kubernetes) checked without a Docker engine or a
+//! cluster: every YAML parses, and images, ports, env names, keys and network boundaries agree
+//! with the code and with each other.
+
+// figment's own error type is large; the closures only pass it through.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ecl_gate::config::{figment, Config, RawConfig};
+use ecl_gate::decision::{decide, Attempt, Context};
+use ecl_gate::profile::ProfileStore;
+use ecl_gate::proxy::missing_upstream;
+use figment::Jail;
+use serde_yaml::Value as Yaml;
+
+use crate::demo_tool;
+
+/// The image every deploy file runs, as the Dockerfile's header builds it.
+const IMAGE: &str = "ecl-gate:local";
+const GATE_PORT: u16 = 8000;
+const TOOL_PORT: u16 = 8080;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn deploy(path: &str) -> PathBuf {
+    root().join("deploy").join(path)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml_docs(path: &Path) -> Vec<Yaml> {
+    let text = read(path);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let mut value: Yaml = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+            // Resolve `<<: *anchor` merge keys, as compose does.
+            value
+                .apply_merge()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            value
+        })
+        .filter(|doc: &Yaml| !doc.is_null())
+        .collect()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+fn s<'a>(value: &'a Yaml, path: &[&str]) -> &'a Yaml {
+    path.iter().fold(value, |v, key| &v[*key])
+}
+
+fn str_of(value: &Yaml) -> &str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a string, found {value:?}"))
+}
+
+fn seq(value: &Yaml) -> &[Yaml] {
+    value.as_sequence().map_or(&[], Vec::as_slice)
+}
+
+fn port_of(address: &str) -> u16 {
+    address.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn every_yaml_under_deploy_parses() {
+    let mut files = Vec::new();
+    files_under(&root().join("deploy"), &mut files);
+    let yamls: Vec<_> = files
+        .iter()
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    assert!(yamls.len() >= 9, "{yamls:?}");
+    for path in yamls {
+        let docs = yaml_docs(path);
+        assert!(!docs.is_empty(), "{} is empty", path.display());
+        if path.starts_with(deploy("k8s")) {
+            for doc in &docs {
+                assert!(doc["apiVersion"].is_string(), "{}: {doc:?}", path.display());
+                assert!(doc["kind"].is_string(), "{}: {doc:?}", path.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_dockerfile_is_multi_stage_slim_non_root_with_port_and_healthcheck() {
+    let text = read(&root().join("Dockerfile"));
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let from: Vec<_> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(from.len() >= 2, "multi-stage: {from:?}");
+    assert!(from.last().unwrap().contains("slim"), "{from:?}");
+    let user = lines.iter().find(|l| l.starts_with("USER ")).unwrap();
+    assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
+    let expose = lines.iter().find(|l| l.starts_with("EXPOSE ")).unwrap();
+    assert!(
+        expose
+            .split_whitespace()
+            .any(|p| p == GATE_PORT.to_string()),
+        "{expose}"
+    );
+    assert!(
+        expose.split_whitespace().any(|p| p == "9000"),
+        "admin port: {expose}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK")));
+    // The health check asks the admin listener for readiness, not just for an open port.
+    assert!(text.contains("/dev/tcp/127.0.0.1/9000") && text.contains("GET /readyz"));
+    assert!(text.contains("ECL_ADMIN_LISTEN=0.0.0.0:9000"));
+    assert!(text.contains(&format!("docker build -t {IMAGE} .")));
+    // The binaries compose and Kubernetes start are the ones built and copied.
+    assert!(text.contains("--bin ecl-gate --example demo_tool"));
+    assert!(text.contains("/usr/local/bin/"));
+    assert!(text.contains(&format!("ECL_LISTEN=0.0.0.0:{GATE_PORT}")));
+    // The image's environment names real config keys.
+    let env: Vec<(String, String)> = dockerfile_env(&text);
+    assert!(env.len() >= 4);
+    check_gate_env(&env, None);
+    // Keys and build output never enter the build context.
+    let ignore = read(&root().join(".dockerignore"));
+    for pattern in ["target/", ".git/", "keys/", "**/*.key"] {
+        assert!(ignore.lines().any(|l| l == pattern), "{pattern}");
+    }
+}
+
+/// `ENV A=b \ C=d` pairs of the Dockerfile's runtime stage.
+fn dockerfile_env(text: &str) -> Vec<(String, String)> {
+    let joined = text.replace("\\\n", " ");
+    let runtime = joined.rsplit("FROM ").next().unwrap();
+    runtime
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ENV "))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Loads `gate_toml` with `env` (as the container would see it) and validates it fully, with
+/// the key and secret files it names replaced by test ones. Returns the validated config.
+fn check_gate_env(env: &[(String, String)], gate_toml: Option<&Path>) -> Option<Config> {
+    let mut config = None;
+    Jail::expect_with(|jail| {
+        // Every ECL_* name must be a config key (an unknown one stops the gate at start).
+        for (key, value) in env {
+            jail.set_env(key, value);
+        }
+        let file = gate_toml.map(|p| {
+            let text = read(p);
+            jail.create_file("gate.toml", &text).unwrap();
+            PathBuf::from("gate.toml")
+        });
+        let raw: RawConfig = figment(file.as_deref())
+            .extract()
+            .map_err(|e| format!("env {env:?}: {e}"))?;
+        if gate_toml.is_none() {
+            return Ok(());
+        }
+        // Point the files the container would have mounted at stand-ins, then validate all.
+        let key_pem = {
+            use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+            KeypairBytes {
+                secret_key: [9; 32],
+                public_key: None,
+            }
+            .to_pkcs8_pem(Default::default())
+            .unwrap()
+        };
+        jail.create_file("grant.key", &key_pem)?;
+        jail.create_file("token", "t0ken\n")?;
+        let mut raw = raw;
+        raw.grants.signing_key = Some(jail.directory().join("grant.key"));
+        for upstream in raw.upstreams.values_mut() {
+            for value in upstream.headers.values_mut() {
+                if let ecl_gate::proxy::config::RawHeaderValue::File(file) = value {
+                    file.file = jail.directory().join("token");
+                }
+            }
+        }
+        config = Some(raw.validate().map_err(|e| e.to_string())?);
+        Ok(())
+    });
+    config
+}
+
+fn env_pairs(service_env: &Yaml) -> Vec<(String, String)> {
+    match service_env {
+        Yaml::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Yaml::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+                };
+                (str_of(k).to_owned(), value)
+            })
+            .collect(),
+        // Kubernetes: [{name, value}], values from secrets count as set.
+        Yaml::Sequence(items) => items
+            .iter()
+            .map(|item| {
+                let value = item["value"].as_str().unwrap_or("from-a-secret").to_owned();
+                (str_of(&item["name"]).to_owned(), value)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Compose `${VAR:-default}` → `default`, as compose would substitute with VAR unset.
+fn substitute(value: &str) -> String {
+    let mut out = value.to_owned();
+    while let Some(start) = out.find("${") {
+        let end = start + out[start..].find('}').unwrap();
+        let inner = &out[start + 2..end];
+        let default = inner.split_once(":-").map_or("", |(_, d)| d).to_owned();
+        out.replace_range(start..=end, &default);
+    }
+    out
+}
+
+/// The demo tool's environment names are the ones it reads.
+fn check_tool_env(env: &[(String, String)]) {
+    let known = [
+        demo_tool::ENV_LISTEN,
+        demo_tool::ENV_PUBKEY,
+        demo_tool::ENV_AUDIENCE,
+        demo_tool::ENV_NAME,
+        demo_tool::ENV_API_KEY,
+    ];
+    for (key, _) in env {
+        assert!(
+            known.contains(&key.as_str()),
+            "demo tool does not read `{key}`"
+        );
+    }
+    let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    assert_eq!(port_of(get(demo_tool::ENV_LISTEN).unwrap()), TOOL_PORT);
+    assert!(get(demo_tool::ENV_PUBKEY).unwrap().ends_with("grant.pub"));
+    assert_eq!(get(demo_tool::ENV_AUDIENCE), Some("demo-tool"));
+    assert_eq!(get(demo_tool::ENV_NAME), Some("demo.echo"));
+    assert!(get(demo_tool::ENV_API_KEY).is_some());
+}
+
+/// The gate config routes `demo.echo` to the tool, with the tool's audience, on the tool port.
+fn check_route(config: &Config, host: &str) {
+    let proxy = config.proxy.as_ref().expect("proxy mode");
+    let upstream = &proxy.upstreams["demo.echo"];
+    assert_eq!(upstream.url.host(), Some(host));
+    assert_eq!(upstream.url.port_u16(), Some(TOOL_PORT));
+    assert_eq!(upstream.audience, "demo-tool");
+    assert_eq!(config.listen.port(), GATE_PORT);
+}
+
+/// Every deploy copy of the demo profile is the same, every tool it allows has an upstream,
+/// and the compose agent's requests decide as the demo says they do.
+#[test]
+fn the_demo_profile_and_requests_decide_as_documented() {
+    let original = read(&deploy("compose/profiles/demo/1.0.0.json"));
+    for copy in ["k8s/sidecar", "k8s/gateway"] {
+        assert_eq!(
+            read(&deploy(&format!("{copy}/profiles/demo/1.0.0.json"))),
+            original,
+            "{copy} has a different demo profile"
+        );
+    }
+    let store = ProfileStore::new(deploy("compose/profiles"));
+    let context = Context::new(Default::default());
+    for (file, expected) in [("allow.json", "ALLOW"), ("deny.json", "DENY")] {
+        let bytes = std::fs::read(deploy(&format!("compose/agent/{file}"))).unwrap();
+        let request = ecl_gate::request::decode(&bytes).unwrap();
+        let profile = store.get(&request.profile_id, &request.profile_version);
+        let decision = decide(
+            Attempt::Request {
+                request: &request,
+                profile: &profile,
+            },
+            &context,
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(
+            decision.decision_type.as_str(),
+            expected,
+            "{file}: {decision:?}"
+        );
+    }
+}
+
+#[test]
+fn compose_puts_the_tool_on_an_internal_network_only_the_gate_joins() {
+    let compose = &yaml_docs(&deploy("compose/compose.yaml"))[0];
+    let services = &compose["services"];
+    let networks_of = |service: &str| -> BTreeSet<String> {
+        seq(&services[service]["networks"])
+            .iter()
+            .map(|n| str_of(n).to_owned())
+            .collect()
+    };
+    assert_eq!(
+        s(compose, &["networks", "tools", "internal"]),
+        &Yaml::Bool(true)
+    );
+    assert_eq!(
+        networks_of("demo-tool"),
+        BTreeSet::from(["tools".to_owned()])
+    );
+    assert_eq!(
+        networks_of("gate"),
+        BTreeSet::from(["agents".to_owned(), "tools".to_owned()])
+    );
+    assert_eq!(networks_of("agent"), BTreeSet::from(["agents".to_owned()]));
+    for (name, service) in services.as_mapping().unwrap() {
+        let name = str_of(name);
+        if name != "gate" && name != "demo-tool" {
+            assert!(
+                !networks_of(name).contains("tools"),
+                "{name} joins the tools network"
+            );
+        }
+        // No published ports: nothing reaches the gate or the tool from the host by accident.
+        assert!(service["ports"].is_null(), "{name} publishes ports");
+    }
+    assert_eq!(str_of(&services["keys"]["network_mode"]), "none");
+
+    // Images: ours everywhere but the stand-in agent, built from the repository's Dockerfile.
+    for name in ["keys", "gate", "demo-tool"] {
+        assert_eq!(str_of(&services[name]["image"]), IMAGE, "{name}");
+    }
+    let build = &compose["x-image"]["build"];
+    assert_eq!(
+        deploy("compose")
+            .join(str_of(&build["context"]))
+            .join(str_of(&build["dockerfile"]))
+            .canonicalize()
+            .unwrap(),
+        root().join("Dockerfile").canonicalize().unwrap()
+    );
+    assert_eq!(
+        seq(&services["demo-tool"]["entrypoint"])[0].as_str(),
+        Some("/usr/local/bin/demo_tool")
+    );
+
+    // The gate: its env names are config keys, its config validates, its route is the tool.
+    // The image's ENV first, the service's environment over it.
+    let mut gate_env = dockerfile_env(&read(&root().join("Dockerfile")));
+    gate_env.extend(
+        env_pairs(&services["gate"]["environment"])
+            .into_iter()
+            .map(|(k, v)| (k, substitute(&v))),
+    );
+    let config = check_gate_env(&gate_env, Some(&deploy("compose/gate.toml"))).unwrap();
+    check_route(&config, "demo-tool");
+    assert!(
+        seq(&services["gate"]["volumes"])
+            .iter()
+            .any(|v| str_of(v) == "./gate.toml:/etc/ecl-gate/ecl-gate.toml:ro"),
+        "the gate mounts its config where ECL_CONFIG points"
+    );
+    // The grant key volume is mounted by the key maker and the gate, never the tool or agent.
+    for (name, service) in services.as_mapping().unwrap() {
+        let mounts_key = seq(&service["volumes"])
+            .iter()
+            .any(|v| str_of(v).starts_with("gate-key:"));
+        let name = str_of(name);
+        assert_eq!(mounts_key, name == "gate" || name == "keys", "{name}");
+    }
+    // The tool's credential reaches the gate and the tool, never the agent.
+    let gate_token = gate_env
+        .iter()
+        .find(|(k, _)| k == "DEMO_TOOL_TOKEN")
+        .unwrap();
+    let tool_env: Vec<(String, String)> = env_pairs(&services["demo-tool"]["environment"])
+        .into_iter()
+        .map(|(k, v)| (k, substitute(&v)))
+        .collect();
+    check_tool_env(&tool_env);
+    let tool_key = tool_env
+        .iter()
+        .find(|(k, _)| k == demo_tool::ENV_API_KEY)
+        .unwrap();
+    assert_eq!(gate_token.1, tool_key.1);
+    let agent_env = env_pairs(&services["agent"]["environment"]);
+    assert!(
+        agent_env.iter().all(|(k, _)| k.ends_with("_URL")),
+        "{agent_env:?}"
+    );
+    let get = |name: &str| agent_env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    assert_eq!(
+        get("GATE_URL"),
+        format!("http://gate:{GATE_PORT}/v1/execute")
+    );
+    assert_eq!(
+        get("TOOL_URL"),
+        config.proxy.unwrap().upstreams["demo.echo"].url_text
+    );
+    let script = read(&deploy("compose/agent/agent.sh"));
+    assert!(script.contains("/agent/allow.json") && script.contains("/agent/deny.json"));
+}
+
+/// All containers of a pod template: regular and init (native sidecars).
+fn containers(pod_spec: &Yaml) -> Vec<&Yaml> {
+    seq(&pod_spec["initContainers"])
+        .iter()
+        .chain(seq(&pod_spec["containers"]))
+        .collect()
+}
+
+fn docs_in(dir: &str) -> Vec<Yaml> {
+    let mut out = Vec::new();
+    let mut files = Vec::new();
+    files_under(&deploy(dir), &mut files);
+    for file in files {
+        if file.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            out.extend(yaml_docs(&file));
+        }
+    }
+    out
+}
+
+fn find<'a>(docs: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind} `{name}`"))
+}
+
+/// Checks one wiring directory: the kustomization's generated objects match what the pods
+/// mount; the grant key Secret is mounted only into gate containers; env names, ports and
+/// images agree with the code.
+fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
+    let docs = docs_in(dir);
+    let kustomization = find_kustomization(&docs);
+    let generated: BTreeSet<String> = ["configMapGenerator", "secretGenerator"]
+        .iter()
+        .flat_map(|g| seq(&kustomization[*g]))
+        .map(|g| str_of(&g["name"]).to_owned())
+        .collect();
+    for resource in seq(&kustomization["resources"]) {
+        assert!(deploy(dir).join(str_of(resource)).is_file(), "{resource:?}");
+    }
+    // Generated from files in this directory (kustomize refuses files outside it).
+    for generator in ["configMapGenerator", "secretGenerator"] {
+        for item in seq(&kustomization[generator]) {
+            for file in seq(&item["files"]) {
+                let source = str_of(file).rsplit('=').next().unwrap();
+                assert!(!source.contains(".."), "{source}");
+                if !source.starts_with("keys/") {
+                    assert!(deploy(dir).join(source).is_file(), "{source}");
+                }
+            }
+        }
+    }
+
+    let mut gate_config = None;
+    for doc in docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Deployment"))
+    {
+        let name = str_of(&doc["metadata"]["name"]);
+        let pod = &doc["spec"]["template"]["spec"];
+        assert_ne!(pod["shareProcessNamespace"], Yaml::Bool(true), "{name}");
+        assert_eq!(
+            pod["automountServiceAccountToken"],
+            Yaml::Bool(false),
+            "{name}"
+        );
+        let labels = &doc["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(
+            &doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+            &labels["app.kubernetes.io/name"]
+        );
+        let volumes = seq(&pod["volumes"]);
+        for volume in volumes {
+            for reference in [
+                &volume["configMap"]["name"],
+                &volume["secret"]["secretName"],
+            ] {
+                if let Some(reference) = reference.as_str() {
+                    assert!(
+                        generated.contains(reference),
+                        "{name}: `{reference}` is not generated"
+                    );
+                }
+            }
+        }
+        let secret_volume = |secret: &str| {
+            volumes
+                .iter()
+                .find(|v| v["secret"]["secretName"].as_str() == Some(secret))
+                .map(|v| str_of(&v["name"]).to_owned())
+        };
+        let key_volume = secret_volume("ecl-grant-key");
+        for container in containers(pod) {
+            let container_name = str_of(&container["name"]);
+            let is_gate = container_name == "ecl-gate";
+            let mounts: Vec<&str> = seq(&container["volumeMounts"])
+                .iter()
+                .map(|m| str_of(&m["name"]))
+                .collect();
+            let mounts_key = key_volume.as_deref().is_some_and(|v| mounts.contains(&v));
+            assert_eq!(
+                mounts_key, is_gate,
+                "{name}/{container_name} and the grant key"
+            );
+            let sc = &container["securityContext"];
+            assert_eq!(
+                sc["allowPrivilegeEscalation"],
+                Yaml::Bool(false),
+                "{container_name}"
+            );
+            assert_eq!(
+                sc["readOnlyRootFilesystem"],
+                Yaml::Bool(true),
+                "{container_name}"
+            );
+            let env = env_pairs(&container["env"]);
+            let image = str_of(&container["image"]);
+            if is_gate {
+                assert_eq!(name, gate_pod);
+                assert_eq!(image, IMAGE);
+                assert_eq!(
+                    seq(&container["ports"])[0]["containerPort"].as_u64(),
+                    Some(u64::from(GATE_PORT))
+                );
+                assert_eq!(
+                    container["restartPolicy"].as_str().is_some(),
+                    dir.ends_with("sidecar")
+                );
+                // The image's ENV first, the container's env over it (Kubernetes' order); env
+                // wins over the file, so the container's ECL_LISTEN decides the address.
+                let mut env_all = dockerfile_env(&read(&root().join("Dockerfile")));
+                env_all.extend(env);
+                let env = env_all;
+                let config =
+                    check_gate_env(&env, Some(&deploy(&format!("{dir}/gate.toml")))).unwrap();
+                assert_eq!(config.listen.port(), GATE_PORT);
+                let config_mount = seq(&container["volumeMounts"])
+                    .iter()
+                    .find(|m| m["mountPath"].as_str() == Some("/etc/ecl-gate"))
+                    .unwrap();
+                assert!(env_pairs(&container["env"])
+                    .contains(&("ECL_CONFIG".into(), "/etc/ecl-gate/ecl-gate.toml".into())));
+                assert!(str_of(&config_mount["name"]).contains("config"));
+                gate_config = Some(config);
+            } else if name == "demo-tool" {
+                assert_eq!(image, IMAGE);
+                assert_eq!(
+                    seq(&container["command"])[0].as_str(),
+                    Some("/usr/local/bin/demo_tool")
+                );
+                check_tool_env(&env);
+                assert_eq!(
+                    seq(&container["ports"])[0]["containerPort"].as_u64(),
+                    Some(u64::from(TOOL_PORT))
+                );
+            } else {
+                // The agent: no secrets, no ECL_* or tool settings, only the gate's address.
+                assert!(env.iter().all(|(k, _)| k == "GATE_URL"), "{env:?}");
+                assert!(seq(&container["volumeMounts"]).is_empty());
+            }
+        }
+    }
+    let config = gate_config.expect("a gate container");
+    // The tool Service is what the gate's upstream URL names, on the tool's port.
+    let service = find(&docs, "Service", "demo-tool");
+    assert_eq!(
+        seq(&service["spec"]["ports"])[0]["port"].as_u64(),
+        Some(u64::from(TOOL_PORT))
+    );
+    assert_eq!(
+        seq(&service["spec"]["ports"])[0]["targetPort"].as_u64(),
+        Some(u64::from(TOOL_PORT))
+    );
+    check_route(&config, "demo-tool");
+    // Every tool the shipped profile allows has an upstream (what `serve` checks at start).
+    let store = ProfileStore::new(deploy(&format!("{dir}/profiles")));
+    assert_eq!(
+        missing_upstream(&store, &config.proxy.as_ref().unwrap().upstreams),
+        None
+    );
+    (docs, config)
+}
+
+fn find_kustomization(docs: &[Yaml]) -> &Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some("Kustomization"))
+        .expect("a kustomization.yaml")
+}
+
+#[test]
+fn k8s_sidecar_mounts_the_signing_key_into_the_gate_container_only() {
+    let (docs, config) = check_k8s("k8s/sidecar", "agent");
+    // The gate listens on the pod's loopback: nothing outside the pod reaches it.
+    assert!(config.listen.ip().is_loopback());
+    let agent = find(&docs, "Deployment", "agent");
+    let pod = &agent["spec"]["template"]["spec"];
+    let gate = seq(&pod["initContainers"])
+        .iter()
+        .find(|c| c["name"].as_str() == Some("ecl-gate"))
+        .expect("the gate is a native sidecar");
+    assert_eq!(gate["restartPolicy"].as_str(), Some("Always"));
+    let agent_container = seq(&pod["containers"])
+        .iter()
+        .find(|c| c["name"].as_str() == Some("agent"))
+        .unwrap();
+    // Different users: the agent cannot read the gate's files even where paths overlap.
+    assert_ne!(
+        agent_container["securityContext"]["runAsUser"],
+        gate["securityContext"]["runAsUser"]
+    );
+    let agent_env = env_pairs(&agent_container["env"]);
+    assert_eq!(
+        agent_env[0].1,
+        format!("http://127.0.0.1:{GATE_PORT}/v1/execute")
+    );
+}
+
+#[test]
+fn k8s_gateway_admits_tool_ingress_from_gate_pods_only() {
+    let (docs, _) = check_k8s("k8s/gateway", "ecl-gate");
+    let gate = find(&docs, "Deployment", "ecl-gate");
+    let gate_labels = &gate["spec"]["template"]["metadata"]["labels"];
+    let tool = find(&docs, "Deployment", "demo-tool");
+    let tool_labels = &tool["spec"]["template"]["metadata"]["labels"];
+
+    let policy = find(&docs, "NetworkPolicy", "demo-tool-ingress-from-gate-only");
+    let spec = &policy["spec"];
+    // Selects the tool's pods and restricts their ingress ...
+    for (key, value) in spec["podSelector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(&tool_labels[str_of(key)], value);
+    }
+    assert!(seq(&spec["policyTypes"])
+        .iter()
+        .any(|t| t.as_str() == Some("Ingress")));
+    // ... to one rule: from pods carrying the gate's labels, on the tool's port.
+    let rules = seq(&spec["ingress"]);
+    assert_eq!(rules.len(), 1);
+    let from = seq(&rules[0]["from"]);
+    assert_eq!(from.len(), 1);
+    assert!(from[0]["namespaceSelector"].is_null() && from[0]["ipBlock"].is_null());
+    for (key, value) in from[0]["podSelector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(&gate_labels[str_of(key)], value);
+    }
+    let agent = find(&docs, "Deployment", "agent");
+    let agent_labels = &agent["spec"]["template"]["metadata"]["labels"];
+    assert_ne!(
+        agent_labels["app.kubernetes.io/name"],
+        gate_labels["app.kubernetes.io/name"]
+    );
+    assert_eq!(
+        seq(&rules[0]["ports"])[0]["port"].as_u64(),
+        Some(u64::from(TOOL_PORT))
+    );
+
+    // The gate's Service selects the gate pods on the gate port; agents use it.
+    let service = find(&docs, "Service", "ecl-gate");
+    for (key, value) in service["spec"]["selector"].as_mapping().unwrap() {
+        assert_eq!(&gate_labels[str_of(key)], value);
+    }
+    assert_eq!(
+        seq(&service["spec"]["ports"])[0]["targetPort"].as_u64(),
+        Some(u64::from(GATE_PORT))
+    );
+    let agent_env = env_pairs(&seq(&agent["spec"]["template"]["spec"]["containers"])[0]["env"]);
+    assert_eq!(
+        agent_env[0].1,
+        format!("http://ecl-gate:{GATE_PORT}/v1/execute")
+    );
+    // And the gate admits agents, by the label the agent pods carry.
+    let gate_policy = find(&docs, "NetworkPolicy", "ecl-gate-ingress-from-agents");
+    let from = &seq(&gate_policy["spec"]["ingress"])[0]["from"];
+    for (key, value) in seq(from)[0]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(&agent_labels[str_of(key)], value);
+    }
+}
