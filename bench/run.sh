@@ -10,7 +10,9 @@
 #                                               answer FAILs; no thresholds
 #
 # More knobs: BENCH_CONCURRENCY ("64 256"), BENCH_SYNC ("never always"), BENCH_SCENARIO (allow),
-# BENCH_LOAD_THREADS (1), BENCH_GATE_BIN (another ecl-gate build to measure instead of this
+# BENCH_LOAD_THREADS (1), BENCH_GATE_LOG (the gate's log filter; default info, one line per
+# decision; "info,ecl_gate::decision=warn" drops that line and keeps the start-up line),
+# BENCH_GATE_BIN (another ecl-gate build to measure instead of this
 # tree's), BENCH_KEEP=1 keeps the work directory (logs, JSON reports).
 #
 # Columns: req/s = OK decisions per second over the measured window; p50/p99 latency in ms as
@@ -83,7 +85,7 @@ start() {
     "$ceiling" --listen 127.0.0.1:0 --sync "$sync" --path "$log" 2>"$err" &
   else
     NO_COLOR=1 ECL_LISTEN=127.0.0.1:0 ECL_ADMIN_LISTEN=127.0.0.1:0 ECL_AUDIT__SYNC="$sync" \
-      ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL=info \
+      ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL="${BENCH_GATE_LOG:-info}" \
       "$gate_bin" serve 2>"$err" &
   fi
   server_pid=$!
