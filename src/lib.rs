@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod grant;
+pub mod merkle;
 pub mod metrics;
 pub mod profile;
 pub mod proxy;
