@@ -8,6 +8,7 @@ pub mod admin;
 pub mod approval;
 pub mod audit;
 pub mod canonical;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decision;
