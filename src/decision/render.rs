@@ -54,6 +54,9 @@ impl Decision {
             Some(block) => Value::object([
                 ("stream", block.stream.as_str().into()),
                 ("seq", block.seq.into()),
+                // The record's leaf in the stream's Merkle tree: the tree spans the stream
+                // from seq 0, so it is the seq (what `ecl-gate audit prove --seq` takes).
+                ("leaf_index", block.seq.into()),
                 ("prev_hash", block.prev_hash.as_str().into()),
                 ("record_hash", block.record_hash.as_str().into()),
             ]),
