@@ -110,8 +110,16 @@ fn the_dockerfile_is_multi_stage_slim_non_root_with_port_and_healthcheck() {
     let user = lines.iter().find(|l| l.starts_with("USER ")).unwrap();
     assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
     let expose = lines.iter().find(|l| l.starts_with("EXPOSE ")).unwrap();
-    assert!(expose.split_whitespace().any(|p| p == GATE_PORT.to_string()), "{expose}");
-    assert!(expose.split_whitespace().any(|p| p == "9000"), "admin port: {expose}");
+    assert!(
+        expose
+            .split_whitespace()
+            .any(|p| p == GATE_PORT.to_string()),
+        "{expose}"
+    );
+    assert!(
+        expose.split_whitespace().any(|p| p == "9000"),
+        "admin port: {expose}"
+    );
     assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK")));
     // The health check asks the admin listener for readiness, not just for an open port.
     assert!(text.contains("/dev/tcp/127.0.0.1/9000") && text.contains("GET /readyz"));
