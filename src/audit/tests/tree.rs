@@ -57,7 +57,7 @@ fn checkpoints_cover_the_records_and_one_is_signed_at_shutdown() {
             append_n(&log, &rt, i, 1);
         }
         drop(log);
-        let all = leaves(&[path.clone()]);
+        let all = leaves(std::slice::from_ref(&path));
         let cps = checkpoints(&path);
         // Interval mode signs only after a sync, which these quick appends may not see.
         let least = if sync == SyncMode::Interval { 1 } else { 2 };
@@ -87,7 +87,7 @@ fn checkpoints_cover_the_records_and_one_is_signed_at_shutdown() {
             .starts_with("ecl-gate/test\n10\n"));
         append_n(&log, &rt, 10, 3);
         drop(log);
-        let all = leaves(&[path.clone()]);
+        let all = leaves(std::slice::from_ref(&path));
         let last = checkpoints(&path).pop().unwrap();
         assert_eq!((last.size, last.root), (13, root(&all)));
     }
@@ -163,4 +163,69 @@ fn a_restart_on_a_log_that_no_longer_extends_its_checkpoint_is_refused() {
         "{msg}"
     );
     AuditLog::open(with_checkpoints(&path, SyncMode::Always, 1000)).unwrap();
+}
+
+// Append throughput with the tree and checkpoints on vs the chain alone, for the report:
+// cargo test --release --lib tree_append_throughput -- --ignored --nocapture
+#[test]
+#[ignore = "benchmark; run in release mode"]
+fn tree_append_throughput() {
+    const N: u64 = 100_000;
+    const CONCURRENCY: u64 = 64;
+    let rt = rt();
+    for sync in [SyncMode::Never, SyncMode::Always] {
+        let n = if sync == SyncMode::Always { N / 5 } else { N };
+        let mut figures = Vec::new();
+        // Alternated and repeated, so drift of a shared machine does not favour one side.
+        for round in 0..6 {
+            let tree = round % 2 == 1;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bench.log");
+            let settings = if tree {
+                with_checkpoints(
+                    &path,
+                    sync,
+                    std::env::var("BENCH_EVERY")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1000),
+                )
+            } else {
+                settings(&path, sync)
+            };
+            let log = AuditLog::open(settings).unwrap();
+            let start = std::time::Instant::now();
+            rt.block_on(async {
+                let per_task = n / CONCURRENCY;
+                let tasks: Vec<_> = (0..CONCURRENCY)
+                    .map(|t| {
+                        let log = log.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per_task {
+                                log.append(record(t * per_task + i)).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let secs = start.elapsed().as_secs_f64();
+            drop(log);
+            figures.push((tree, (n / CONCURRENCY * CONCURRENCY) as f64 / secs));
+        }
+        let best = |t: bool| {
+            figures
+                .iter()
+                .filter(|(tree, _)| *tree == t)
+                .map(|(_, r)| *r)
+                .fold(0.0, f64::max)
+        };
+        let (chain, tree) = (best(false), best(true));
+        println!(
+            "sync={sync:?} concurrency={CONCURRENCY}: chain only {chain:.0} records/s, tree+checkpoints {tree:.0} records/s ({:+.1}%)",
+            (tree / chain - 1.0) * 100.0
+        );
+    }
 }
