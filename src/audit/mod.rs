@@ -16,10 +16,12 @@
 //! - `segment`: the names of the active file, rolled segments and set-aside tails.
 //! - `verify`: streaming verification of whole chains for `ecl-gate audit verify`.
 //! - `record`: the encoding and hashing of one line, shared by the three above.
+//! - `tree`: the Merkle tree over the records and its signed checkpoints (`<log>.checkpoints`).
 
 mod record;
 mod recover;
 pub mod segment;
+pub mod tree;
 mod verify;
 mod writer;
 
@@ -65,6 +67,8 @@ pub struct AuditSettings {
     pub queue_capacity: usize,
     /// Told about every committed batch and every fdatasync (metrics); `None`: nobody.
     pub observer: Option<Arc<dyn AuditObserver>>,
+    /// Sign checkpoints of the Merkle tree over the records; `None`: off.
+    pub checkpoints: Option<tree::CheckpointSettings>,
 }
 
 /// Watches the writer thread's work, for metrics. Called on the writer thread between
@@ -215,6 +219,8 @@ struct Shared {
     stream: Arc<str>,
     disabled: bool,
     health: Arc<HealthState>,
+    /// `Some` when checkpoints are on: the newest signed one, once there is one.
+    latest: Option<tree::Latest>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -304,6 +310,25 @@ impl AuditLog {
         } else {
             settings.sync
         };
+        let mut latest = None;
+        let tree = match settings.checkpoints.clone() {
+            Some(_) if !regular => {
+                tracing::warn!(path = %path.display(), "the audit log is not a regular file; checkpoints are off");
+                None
+            }
+            Some(cp) => {
+                let slot = tree::Latest::default();
+                latest = Some(slot.clone());
+                Some(tree::open(
+                    &path,
+                    tail.next_seq,
+                    cp,
+                    sync != SyncMode::Never,
+                    slot,
+                )?)
+            }
+            None => None,
+        };
         let health = Arc::new(HealthState::default());
         let (tx, rx) = flume::bounded(settings.queue_capacity.max(1));
         let state = writer::Writer::new(
@@ -323,6 +348,7 @@ impl AuditLog {
             },
             tail,
             health.clone(),
+            tree,
         );
         let thread = std::thread::Builder::new()
             .name("ecl-audit-writer".into())
@@ -335,6 +361,7 @@ impl AuditLog {
                 stream,
                 disabled,
                 health,
+                latest,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -361,6 +388,19 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Whether checkpoints are being signed.
+    pub fn checkpoints_enabled(&self) -> bool {
+        self.shared.latest.is_some()
+    }
+
+    /// The newest signed checkpoint note (C2SP `tlog-checkpoint` in a `signed-note`), if any.
+    pub fn latest_checkpoint(&self) -> Option<Arc<str>> {
+        self.shared
+            .latest
+            .as_ref()
+            .and_then(|slot| slot.read().ok().and_then(|c| c.clone()))
     }
 
     /// True when the path is `/dev/null`: records are chained but discarded.
