@@ -245,6 +245,43 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+enum OpenLocked {
+    Io(io::Error),
+    Audit(AuditError),
+}
+
+/// Opens the active file and, for a regular file, locks it; then checks the name still leads
+/// to the locked file. A live writer may roll between our open and our lock (renaming a fresh
+/// file over the name and closing the old one), and the lock would then be on a rolled
+/// segment that nobody else holds; opening again finds the file that is really active.
+fn open_locked(path: &Path) -> Result<File, OpenLocked> {
+    use std::os::unix::fs::MetadataExt;
+    let mut attempts = 0;
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(OpenLocked::Io)?;
+        let opened = file.metadata().map_err(OpenLocked::Io)?;
+        if !opened.file_type().is_file() {
+            return Ok(file);
+        }
+        lock(&file, path).map_err(OpenLocked::Audit)?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.dev() == opened.dev() && now.ino() == opened.ino() => return Ok(file),
+            _ if attempts < 10 => attempts += 1,
+            Ok(_) | Err(_) => {
+                return Err(OpenLocked::Io(io::Error::other(
+                    "the file was replaced while it was being opened, again and again",
+                )))
+            }
+        }
+    }
+}
+
 impl AuditLog {
     /// Blocking. Opens/creates the file (append, mode 0o640), locks it, recovers the tail,
     /// spawns the writer thread.
@@ -273,13 +310,10 @@ impl AuditLog {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .open(&path)
-            .map_err(open_err)?;
+        let mut file = open_locked(&path).map_err(|err| match err {
+            OpenLocked::Io(source) => open_err(source),
+            OpenLocked::Audit(err) => err,
+        })?;
         let regular = file.metadata().map_err(open_err)?.file_type().is_file();
         let disabled = path == Path::new(DEV_NULL);
         if disabled {
@@ -289,8 +323,8 @@ impl AuditLog {
             );
         }
         let tail = if regular {
-            // Before anything is read or cut: the tail may belong to a live writer.
-            lock(&file, &path)?;
+            // `open_locked` took the lock before anything is read or cut: the tail may belong
+            // to a live writer.
             recover::recover(&mut file, &path, options.repair_tail)?
         } else {
             // Never read a device or pipe: /dev/full reads as endless zeros.
