@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod grant;
+pub mod jws;
 pub mod merkle;
 pub mod metrics;
 pub mod profile;
