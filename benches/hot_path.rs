@@ -240,6 +240,7 @@ fn audit_benches(c: &mut Criterion) {
         sync_interval: Duration::from_millis(100),
         queue_capacity: 8192,
         observer: None,
+        checkpoints: None,
     })
     .unwrap();
     const IN_FLIGHT: usize = 64;

@@ -6,6 +6,9 @@
 //!   and the audit log takes writes; otherwise 503 with the failing checks named.
 //! - `GET /metrics` — Prometheus metrics (OpenMetrics text).
 //! - `GET /openapi.yaml` — the API description.
+//! - `GET /audit/checkpoint` — the newest signed checkpoint of the audit log's Merkle tree
+//!   (C2SP `tlog-checkpoint` note, text/plain); 404 when checkpoints are off, 503 before the
+//!   first is signed.
 //!
 //! It only reads state; nothing here can change a decision.
 
@@ -122,11 +125,39 @@ fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
             )
         }
         "/openapi.yaml" => text(StatusCode::OK, "application/yaml", OPENAPI_YAML.to_owned()),
+        "/audit/checkpoint" => checkpoint(state),
         _ => json(
             StatusCode::NOT_FOUND,
             &Value::object([(
                 "error",
-                "not found: /healthz, /readyz, /metrics, /openapi.yaml".into(),
+                "not found: /healthz, /readyz, /metrics, /openapi.yaml, /audit/checkpoint".into(),
+            )]),
+        ),
+    }
+}
+
+fn checkpoint(state: &AdminState) -> Response<Full<Bytes>> {
+    let audit = &state.gate.audit;
+    if !audit.checkpoints_enabled() {
+        return json(
+            StatusCode::NOT_FOUND,
+            &Value::object([(
+                "error",
+                "checkpoints are off: set `audit.checkpoint_key` to sign them".into(),
+            )]),
+        );
+    }
+    match audit.latest_checkpoint() {
+        Some(note) => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            note.to_string(),
+        ),
+        None => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Value::object([(
+                "error",
+                "no checkpoint signed yet: one follows the first records".into(),
             )]),
         ),
     }

@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::canonical::{self, Map, Value};
+use crate::canonical::{Map, Value};
+use crate::jws::{self, JwsError};
 
 mod used;
 
@@ -90,6 +91,16 @@ impl fmt::Display for ApprovalError {
     }
 }
 
+impl From<JwsError> for ApprovalError {
+    fn from(err: JwsError) -> Self {
+        match err {
+            JwsError::Malformed(why) => ApprovalError::Malformed(why),
+            JwsError::Algorithm(alg) => ApprovalError::Algorithm(alg),
+            JwsError::BadSignature => ApprovalError::BadSignature,
+        }
+    }
+}
+
 fn malformed(why: impl Into<String>) -> ApprovalError {
     ApprovalError::Malformed(why.into())
 }
@@ -102,51 +113,12 @@ impl Approvals {
         intent_hash: &str,
         now: SystemTime,
     ) -> Result<Approval, ApprovalError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(malformed(format!("longer than {MAX_TOKEN_BYTES} bytes")));
-        }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed("expected three dot-separated parts"));
-        };
-        let header = decode_json(header_b64, "header")?;
-        let header = header
-            .as_object()
-            .ok_or_else(|| malformed("header is not an object"))?;
-        match header.get("alg").and_then(Value::as_str) {
-            Some("EdDSA") => {}
-            Some(other) => return Err(ApprovalError::Algorithm(other.to_owned())),
-            None => return Err(malformed("header has no `alg`")),
-        }
-        if header.contains_key("crit") {
-            // RFC 7515: extensions the verifier does not understand must be refused.
-            return Err(malformed("header has `crit` extensions"));
-        }
-        let kid = header
-            .get("kid")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("header has no string `kid`"))?;
-        let key = self
-            .keys
-            .get(kid)
-            .ok_or_else(|| ApprovalError::UnknownKey(kid.to_owned()))?;
-
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| malformed("signature is not base64url"))?;
-        let signature = Signature::from_slice(&signature)
-            .map_err(|_| malformed("signature is not 64 bytes"))?;
-        let signing_input = &token[..header_b64.len() + 1 + claims_b64.len()];
-        key.verify_strict(signing_input.as_bytes(), &signature)
-            .map_err(|_| ApprovalError::BadSignature)?;
-
-        // Only signed bytes are trusted from here on.
-        let claims = decode_json(claims_b64, "claims")?;
-        let claims = claims
-            .as_object()
-            .ok_or_else(|| malformed("claims are not an object"))?;
+        let (header, claims) = jws::verify(token, MAX_TOKEN_BYTES, |header| {
+            self.keys
+                .get(&header.kid)
+                .ok_or_else(|| ApprovalError::UnknownKey(header.kid.clone()))
+        })?;
+        let (kid, claims) = (header.kid, &claims);
         if claim_str(claims, "sub")? != intent_hash {
             return Err(ApprovalError::WrongSubject);
         }
@@ -176,21 +148,13 @@ impl Approvals {
             return Err(ApprovalError::Expired);
         }
         Ok(Approval {
-            kid: kid.to_owned(),
+            kid,
             issuer,
             jti,
             issued_at,
             expires_at,
         })
     }
-}
-
-fn decode_json(part: &str, what: &str) -> Result<Value, ApprovalError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| malformed(format!("{what} is not base64url")))?;
-    // The strict parser: a duplicate `sub` or `exp` could otherwise mean two things.
-    canonical::parse(&bytes).map_err(|err| malformed(format!("{what} is not valid JSON: {err}")))
 }
 
 fn claim_str<'a>(claims: &'a Map, name: &str) -> Result<&'a str, ApprovalError> {
@@ -265,13 +229,7 @@ pub fn sign(key: &SigningKey, kid: &str, grant: &Grant<'_>) -> String {
         ("exp", grant.expires_at.into()),
         ("jti", grant.jti.into()),
     ]);
-    let mut token = URL_SAFE_NO_PAD.encode(canonical::to_canonical(&header));
-    token.push('.');
-    token.push_str(&URL_SAFE_NO_PAD.encode(canonical::to_canonical(&claims)));
-    let signature = key.sign(token.as_bytes());
-    token.push('.');
-    token.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
-    token
+    jws::sign(key, &header, &claims)
 }
 
 #[cfg(test)]

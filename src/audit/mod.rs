@@ -16,10 +16,12 @@
 //! - `segment`: the names of the active file, rolled segments and set-aside tails.
 //! - `verify`: streaming verification of whole chains for `ecl-gate audit verify`.
 //! - `record`: the encoding and hashing of one line, shared by the three above.
+//! - `tree`: the Merkle tree over the records and its signed checkpoints (`<log>.checkpoints`).
 
 mod record;
 mod recover;
 pub mod segment;
+pub mod tree;
 mod verify;
 mod writer;
 
@@ -65,6 +67,8 @@ pub struct AuditSettings {
     pub queue_capacity: usize,
     /// Told about every committed batch and every fdatasync (metrics); `None`: nobody.
     pub observer: Option<Arc<dyn AuditObserver>>,
+    /// Sign checkpoints of the Merkle tree over the records; `None`: off.
+    pub checkpoints: Option<tree::CheckpointSettings>,
 }
 
 /// Watches the writer thread's work, for metrics. Called on the writer thread between
@@ -215,6 +219,8 @@ struct Shared {
     stream: Arc<str>,
     disabled: bool,
     health: Arc<HealthState>,
+    /// `Some` when checkpoints are on: the newest signed one, once there is one.
+    latest: Option<tree::Latest>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -236,6 +242,43 @@ impl std::fmt::Debug for AuditLog {
             .field("path", &self.shared.path)
             .field("disabled", &self.shared.disabled)
             .finish_non_exhaustive()
+    }
+}
+
+enum OpenLocked {
+    Io(io::Error),
+    Audit(AuditError),
+}
+
+/// Opens the active file and, for a regular file, locks it; then checks the name still leads
+/// to the locked file. A live writer may roll between our open and our lock (renaming a fresh
+/// file over the name and closing the old one), and the lock would then be on a rolled
+/// segment that nobody else holds; opening again finds the file that is really active.
+fn open_locked(path: &Path) -> Result<File, OpenLocked> {
+    use std::os::unix::fs::MetadataExt;
+    let mut attempts = 0;
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(OpenLocked::Io)?;
+        let opened = file.metadata().map_err(OpenLocked::Io)?;
+        if !opened.file_type().is_file() {
+            return Ok(file);
+        }
+        lock(&file, path).map_err(OpenLocked::Audit)?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.dev() == opened.dev() && now.ino() == opened.ino() => return Ok(file),
+            _ if attempts < 10 => attempts += 1,
+            Ok(_) | Err(_) => {
+                return Err(OpenLocked::Io(io::Error::other(
+                    "the file was replaced while it was being opened, again and again",
+                )))
+            }
+        }
     }
 }
 
@@ -267,13 +310,10 @@ impl AuditLog {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .open(&path)
-            .map_err(open_err)?;
+        let mut file = open_locked(&path).map_err(|err| match err {
+            OpenLocked::Io(source) => open_err(source),
+            OpenLocked::Audit(err) => err,
+        })?;
         let regular = file.metadata().map_err(open_err)?.file_type().is_file();
         let disabled = path == Path::new(DEV_NULL);
         if disabled {
@@ -283,8 +323,8 @@ impl AuditLog {
             );
         }
         let tail = if regular {
-            // Before anything is read or cut: the tail may belong to a live writer.
-            lock(&file, &path)?;
+            // `open_locked` took the lock before anything is read or cut: the tail may belong
+            // to a live writer.
             recover::recover(&mut file, &path, options.repair_tail)?
         } else {
             // Never read a device or pipe: /dev/full reads as endless zeros.
@@ -303,6 +343,25 @@ impl AuditLog {
             SyncMode::Never
         } else {
             settings.sync
+        };
+        let mut latest = None;
+        let tree = match settings.checkpoints.clone() {
+            Some(_) if !regular => {
+                tracing::warn!(path = %path.display(), "the audit log is not a regular file; checkpoints are off");
+                None
+            }
+            Some(cp) => {
+                let slot = tree::Latest::default();
+                latest = Some(slot.clone());
+                Some(tree::open(
+                    &path,
+                    tail.next_seq,
+                    cp,
+                    sync != SyncMode::Never,
+                    slot,
+                )?)
+            }
+            None => None,
         };
         let health = Arc::new(HealthState::default());
         let (tx, rx) = flume::bounded(settings.queue_capacity.max(1));
@@ -323,6 +382,7 @@ impl AuditLog {
             },
             tail,
             health.clone(),
+            tree,
         );
         let thread = std::thread::Builder::new()
             .name("ecl-audit-writer".into())
@@ -335,6 +395,7 @@ impl AuditLog {
                 stream,
                 disabled,
                 health,
+                latest,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -361,6 +422,19 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Whether checkpoints are being signed.
+    pub fn checkpoints_enabled(&self) -> bool {
+        self.shared.latest.is_some()
+    }
+
+    /// The newest signed checkpoint note (C2SP `tlog-checkpoint` in a `signed-note`), if any.
+    pub fn latest_checkpoint(&self) -> Option<Arc<str>> {
+        self.shared
+            .latest
+            .as_ref()
+            .and_then(|slot| slot.read().ok().and_then(|c| c.clone()))
     }
 
     /// True when the path is `/dev/null`: records are chained but discarded.

@@ -8,6 +8,7 @@
 //!   that names sort like seqs and cannot be mistaken for a pid in the configured name), then
 //!   puts a fresh file under the active name. Rolled segments are never written again.
 //! - `.<name>.next` is the fresh file while it is being prepared (hidden, never holds a record).
+//! - `<name>.checkpoints` holds the chain's signed checkpoints (append-only).
 //! - `<name>.tampered-<unix-seconds>` holds a bad tail that `--audit-repair` moved out of the
 //!   chain; it is evidence and is never deleted.
 //!
@@ -22,6 +23,9 @@ use std::path::{Path, PathBuf};
 pub const SEQ_DIGITS: usize = 20;
 
 const TAMPERED: &str = ".tampered-";
+
+/// `<name>.checkpoints`: the signed tree heads of the chain (see `tree`); not a chain file.
+pub const CHECKPOINTS_SUFFIX: &str = ".checkpoints";
 
 /// The directory holding `path` (`.` for a bare file name).
 pub fn dir_of(path: &Path) -> &Path {
@@ -72,6 +76,11 @@ pub fn split_rolled(file_name: &str) -> Option<(&str, u64)> {
 /// A bad tail set aside by `--audit-repair`: not part of any chain.
 pub fn is_set_aside(file_name: &str) -> bool {
     file_name.contains(TAMPERED)
+}
+
+/// A chain's checkpoints file: not part of any chain.
+pub fn is_checkpoints(file_name: &str) -> bool {
+    file_name.ends_with(CHECKPOINTS_SUFFIX)
 }
 
 /// The rolled segments of the chain whose active file is `active`, oldest first.

@@ -13,6 +13,7 @@ use crate::canonical::{parse, Value};
 mod faults;
 mod repair;
 mod rotation;
+mod tree;
 
 pub(super) fn settings(path: &Path, sync: SyncMode) -> AuditSettings {
     AuditSettings {
@@ -21,6 +22,7 @@ pub(super) fn settings(path: &Path, sync: SyncMode) -> AuditSettings {
         sync_interval: Duration::from_millis(50),
         queue_capacity: 1024,
         observer: None,
+        checkpoints: None,
     }
 }
 

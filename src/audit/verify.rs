@@ -118,6 +118,9 @@ pub fn verify_paths(paths: &[PathBuf]) -> Result<Verification, VerifyFailure> {
             if name.starts_with('.') || !entry.file_type().map_err(unreadable)?.is_file() {
                 continue;
             }
+            if segment::is_checkpoints(&name) {
+                continue;
+            }
             if segment::is_set_aside(&name) {
                 set_aside.push(entry.path());
             } else {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use super::recover::{sync_dir, Tail};
+use super::tree::TreeState;
 use super::{record, segment, AuditError, HealthState, Receipt, SyncMode};
 use crate::canonical::Map;
 
@@ -135,6 +136,15 @@ pub(super) struct Writer<S> {
     dir_unsynced: bool,
     /// While the log is failing: when to probe it next.
     next_probe: Option<Instant>,
+    /// The Merkle tree and checkpoint signer, when checkpoints are on.
+    tree: Option<TreeState>,
+    /// Leaf hashes of the batch being committed; enter the tree only once it is written.
+    leaves: Vec<crate::merkle::Hash>,
+    /// Records written to the file (the chain's size after the last successful write).
+    written: u64,
+    /// Records known durable: `written` as of the last successful fdatasync (or write, in
+    /// never mode). A checkpoint is signed only when it equals the tree's size.
+    durable: u64,
 }
 
 impl<S: Sink> Writer<S> {
@@ -144,8 +154,13 @@ impl<S: Sink> Writer<S> {
         cfg: Config,
         tail: Tail,
         health: Arc<HealthState>,
+        tree: Option<TreeState>,
     ) -> Self {
         Writer {
+            tree,
+            leaves: Vec::new(),
+            written: tail.next_seq,
+            durable: tail.next_seq,
             sink,
             wrap,
             cfg,
@@ -187,16 +202,39 @@ impl<S: Sink> Writer<S> {
         if self.unsynced || (self.cfg.sync == SyncMode::Never && self.cfg.regular) {
             self.sync_idle();
         }
+        self.checkpoint(true);
+    }
+
+    /// Signs a checkpoint when one is due (or `force`d) and every record in the tree is durable.
+    fn checkpoint(&mut self, force: bool) {
+        let durable = self.durable;
+        if let Some(tree) = self.tree.as_mut().filter(|t| t.range.size() == durable) {
+            tree.maybe_sign(force);
+        }
+    }
+
+    /// When the idle writer must sign a checkpoint; only once the tree is durable, so that the
+    /// timer never fires for nothing (the interval sync comes first and makes it durable).
+    fn checkpoint_due(&self) -> Option<Instant> {
+        self.tree
+            .as_ref()
+            .filter(|t| t.range.size() == self.durable)
+            .and_then(TreeState::due)
     }
 
     /// Waits for the next record; meanwhile does what falls due: the interval mode's sync, the
     /// failing log's probe, the age-based rotation.
     fn next(&mut self, rx: &flume::Receiver<Pending>) -> Option<Pending> {
         loop {
-            let deadline = [self.sync_due(), self.probe_due(), self.rotation_due()]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.sync_due(),
+                self.probe_due(),
+                self.rotation_due(),
+                self.checkpoint_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let Some(deadline) = deadline else {
                 return rx.recv().ok();
             };
@@ -264,6 +302,8 @@ impl<S: Sink> Writer<S> {
         if self.rotation_due().is_some_and(|t| t <= now) {
             self.rotate();
         }
+        // Also after an interval sync made a full `checkpoint_every` durable.
+        self.checkpoint(false);
     }
 
     /// Chains, writes, syncs and answers one batch; empties `batch`.
@@ -273,9 +313,17 @@ impl<S: Sink> Writer<S> {
         let mut prev_hash = self.prev_hash.clone();
         let mut answers = Vec::with_capacity(batch.len());
         self.buf.clear();
+        self.leaves.clear();
+        let tree = self.tree.is_some();
         for pending in batch.drain(..) {
+            let start = self.buf.len();
             let record_hash =
                 record::encode(pending.record, seq, &prev_hash, &logged_at, &mut self.buf);
+            if tree {
+                // The leaf is the line without its `\n`, exactly the bytes in the file.
+                let line = self.buf.get(start..self.buf.len() - 1).unwrap_or_default();
+                self.leaves.push(crate::merkle::leaf_hash(line));
+            }
             let receipt = Receipt {
                 stream: self.cfg.stream.clone(),
                 seq,
@@ -286,11 +334,16 @@ impl<S: Sink> Writer<S> {
             seq += 1;
         }
 
-        match self.persist() {
+        match self.persist(seq) {
             Ok(()) => {
                 self.offset += self.buf.len() as u64;
                 self.next_seq = seq;
                 self.prev_hash = prev_hash;
+                if let Some(tree) = &mut self.tree {
+                    for leaf in &self.leaves {
+                        tree.range.append(*leaf);
+                    }
+                }
                 self.recovered();
                 if let Some(observer) = &self.cfg.observer {
                     observer.batch_committed(answers.len());
@@ -299,6 +352,8 @@ impl<S: Sink> Writer<S> {
                     // The requester may have gone away; its record is written all the same.
                     let _ = reply.send(Ok(receipt));
                 }
+                // After the answers: a signature must not delay the decisions it covers.
+                self.checkpoint(false);
             }
             Err(e) => {
                 tracing::error!(
@@ -309,6 +364,7 @@ impl<S: Sink> Writer<S> {
                     "audit batch refused: write or fdatasync failed"
                 );
                 self.fail(&e);
+                self.written = self.next_seq;
                 self.cut_back();
                 for (reply, _) in answers {
                     let _ = reply.send(Err(AuditError::Write(io::Error::new(
@@ -320,8 +376,9 @@ impl<S: Sink> Writer<S> {
         }
     }
 
-    /// Writes `buf` and syncs it as the mode demands; `Err` means the batch is refused.
-    fn persist(&mut self) -> io::Result<()> {
+    /// Writes `buf` (the records up to `end_seq`) and syncs it as the mode demands; `Err` means
+    /// the batch is refused.
+    fn persist(&mut self, end_seq: u64) -> io::Result<()> {
         if self.dirty_tail {
             self.sink.truncate(self.offset)?;
             self.dirty_tail = false;
@@ -331,6 +388,7 @@ impl<S: Sink> Writer<S> {
             self.dir_unsynced = false;
         }
         write_all(&mut self.sink, &self.buf)?;
+        self.written = end_seq;
         match self.cfg.sync {
             SyncMode::Always => self.sync(),
             SyncMode::Interval if self.last_sync.elapsed() >= self.cfg.sync_interval => self.sync(),
@@ -338,7 +396,11 @@ impl<S: Sink> Writer<S> {
                 self.unsynced = true;
                 Ok(())
             }
-            SyncMode::Never => Ok(()),
+            SyncMode::Never => {
+                // Never mode promises no durability; checkpoints cover what reached the OS.
+                self.durable = self.written;
+                Ok(())
+            }
         }
     }
 
@@ -367,6 +429,7 @@ impl<S: Sink> Writer<S> {
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
+        self.durable = self.written;
         Ok(())
     }
 
@@ -470,6 +533,7 @@ impl<S: Sink> Writer<S> {
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
+        self.durable = self.written;
 
         std::fs::hard_link(&path, &rolled)
             .map_err(|e| RotateError::new("cannot create the rolled segment", &rolled, e))?;

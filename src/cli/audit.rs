@@ -1,4 +1,9 @@
-//! `ecl-gate audit verify`: checks hash chains offline; exits 1 when any chain is broken.
+//! `ecl-gate audit`: offline checks of audit logs; exits 1 when anything does not hold.
+//!
+//! - `verify`: the hash chains, and with `--checkpoint` the Merkle tree against a signed
+//!   checkpoint (truncation, rewrite and reordering show).
+//! - `prove`, `check-proof`: an inclusion proof of one record, and its offline check.
+//! - `consistency`: that a newer checkpoint extends an older one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +13,8 @@ use clap::Subcommand;
 use crate::audit::{segment, verify_files, verify_paths, ChainReport, VerifyReport};
 
 use super::EXIT_PROBLEM;
+
+mod proofs;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -24,12 +31,81 @@ pub enum AuditCommand {
         /// names no longer say where they belong)
         #[arg(long)]
         in_order: bool,
+        /// Also check the log's Merkle tree against this signed checkpoint (a note, or a
+        /// `.checkpoints` file: every checkpoint in it is checked)
+        #[arg(long, value_name = "CP", requires = "pubkey")]
+        checkpoint: Option<PathBuf>,
+        /// The gate's checkpoint public key: PEM or raw base64 file (`ecl-gate keygen`'s
+        /// `.pub`), or a signed-note verifier key `name+hash+key`
+        #[arg(long, value_name = "K")]
+        pubkey: Option<String>,
+    },
+    /// Print an inclusion proof of one record (C2SP tlog-proof style), against a checkpoint
+    Prove {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// The record's seq (its leaf index)
+        #[arg(long)]
+        seq: u64,
+        /// The checkpoint to prove against; default: the newest in `<log>.checkpoints`
+        #[arg(long, value_name = "CP")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Check an inclusion proof offline: the record is in the log the signed checkpoint pins
+    CheckProof {
+        #[arg(value_name = "PROOF")]
+        proof: PathBuf,
+        #[arg(long, value_name = "K")]
+        pubkey: String,
+        /// A file holding the record's line, exactly as in the log
+        #[arg(long, value_name = "LINE_FILE")]
+        record: PathBuf,
+    },
+    /// Print and verify the RFC 6962 consistency proof that NEW_CP extends OLD_CP
+    Consistency {
+        #[arg(value_name = "OLD_CP")]
+        old: PathBuf,
+        #[arg(value_name = "NEW_CP")]
+        new: PathBuf,
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Check both checkpoints' signatures with this key (otherwise only their bodies count)
+        #[arg(long, value_name = "K")]
+        pubkey: Option<String>,
     },
 }
 
 pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
-        AuditCommand::Verify { paths, in_order } if in_order => match verify_files(&paths) {
+        AuditCommand::Verify {
+            paths,
+            checkpoint: Some(checkpoint),
+            pubkey,
+            ..
+        } => outcome(proofs::verify_against(
+            &paths,
+            &checkpoint,
+            pubkey.as_deref().unwrap_or_default(),
+        )),
+        AuditCommand::Prove {
+            paths,
+            seq,
+            checkpoint,
+        } => outcome(proofs::prove(&paths, seq, checkpoint.as_deref())),
+        AuditCommand::CheckProof {
+            proof,
+            pubkey,
+            record,
+        } => outcome(proofs::check_proof(&proof, &pubkey, &record)),
+        AuditCommand::Consistency {
+            old,
+            new,
+            paths,
+            pubkey,
+        } => outcome(proofs::consistency(&old, &new, &paths, pubkey.as_deref())),
+        AuditCommand::Verify {
+            paths, in_order, ..
+        } if in_order => match verify_files(&paths) {
             Ok(report) => {
                 println!("ok: {}", summary(&report));
                 Ok(ExitCode::SUCCESS)
@@ -71,6 +147,20 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(EXIT_PROBLEM)
             })
+        }
+    }
+}
+
+/// Prints what a proof command found; any failure exits 1 with `error: …`.
+fn outcome(result: Result<String, String>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(ExitCode::from(EXIT_PROBLEM))
         }
     }
 }

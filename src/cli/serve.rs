@@ -66,6 +66,7 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             sync_interval: config.audit.sync_interval,
             queue_capacity: AUDIT_QUEUE_CAPACITY,
             observer: Some(Arc::new(metrics.audit_observer())),
+            checkpoints: checkpoint_settings(&config, &hostname)?,
         },
         FileOptions {
             rotate_bytes: config.audit.rotate_bytes,
@@ -150,6 +151,35 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     drop(runtime);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `audit.origin` expanded like the path, with the signer named after it (the usual
+/// `signed-note` convention: the key is named for the log it signs).
+fn checkpoint_settings(
+    config: &Config,
+    hostname: &str,
+) -> anyhow::Result<Option<crate::audit::tree::CheckpointSettings>> {
+    let Some(cp) = &config.audit.checkpoints else {
+        return Ok(None);
+    };
+    let origin = expand_path(&cp.origin_template, std::process::id(), hostname)
+        .to_string_lossy()
+        .into_owned();
+    let signer = crate::checkpoint::NoteSigner::new(&origin, cp.key.clone())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: audit.origin: {e}"))?;
+    tracing::info!(
+        origin = %origin,
+        verifier_key = %crate::checkpoint::verifier_key(&origin, &cp.key.verifying_key()),
+        every = cp.every,
+        interval = ?cp.interval,
+        "signing audit checkpoints"
+    );
+    Ok(Some(crate::audit::tree::CheckpointSettings {
+        origin,
+        signer: Arc::new(signer),
+        every: cp.every,
+        interval: cp.interval,
+    }))
 }
 
 /// The audit errors name their file; a refused start also says what the operator can do.

@@ -102,6 +102,10 @@ pub struct RawAudit {
     pub include_request: bool,
     pub rotate_bytes: u64,
     pub rotate_interval_ms: u64,
+    pub origin: String,
+    pub checkpoint_key: String,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +137,10 @@ impl Default for RawConfig {
                 include_request: false,
                 rotate_bytes: 0,
                 rotate_interval_ms: 0,
+                origin: "ecl-gate/{hostname}".into(),
+                checkpoint_key: String::new(),
+                checkpoint_every: 1000,
+                checkpoint_interval_ms: 10_000,
             },
             approvals: RawApprovals {
                 max_ttl: "1h".into(),
@@ -213,6 +221,18 @@ pub struct AuditConfig {
     pub rotate_bytes: u64,
     /// Roll the active file at this age; `None`: never.
     pub rotate_interval: Option<Duration>,
+    /// Signed checkpoints of the Merkle tree over the records; `None`: off.
+    pub checkpoints: Option<CheckpointConfig>,
+}
+
+/// `audit.origin` and `audit.checkpoint_*`, validated, with the key read.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// Before `{pid}`/`{hostname}` expansion.
+    pub origin_template: String,
+    pub key: ed25519_dalek::SigningKey,
+    pub every: u64,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +386,7 @@ impl RawConfig {
                 ),
             ));
         }
+        let checkpoints = self.audit.checkpoints()?;
         let format = match self.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -422,6 +443,7 @@ impl RawConfig {
                 rotate_bytes: self.audit.rotate_bytes,
                 rotate_interval: (self.audit.rotate_interval_ms > 0)
                     .then(|| Duration::from_millis(self.audit.rotate_interval_ms)),
+                checkpoints,
             },
             log: LogConfig {
                 level: self.log.level,
@@ -429,6 +451,55 @@ impl RawConfig {
                 include_args: self.log.include_args,
             },
         })
+    }
+}
+
+impl RawAudit {
+    /// Checkpoints are on exactly when `checkpoint_key` names a key file.
+    fn checkpoints(&self) -> Result<Option<CheckpointConfig>, ConfigError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let origin = self.origin.trim();
+        if origin.is_empty() || origin.contains([' ', '+', '\n', '\t']) {
+            return Err(invalid(
+                "audit.origin",
+                format!(
+                    "`{}` must be non-empty without spaces or `+` (it names the signing key)",
+                    self.origin
+                ),
+            ));
+        }
+        let every = in_range(
+            "audit.checkpoint_every",
+            self.checkpoint_every,
+            1..=100_000_000,
+        )?;
+        let interval = in_range(
+            "audit.checkpoint_interval_ms",
+            self.checkpoint_interval_ms,
+            100..=86_400_000,
+        )?;
+        if self.checkpoint_key.trim().is_empty() {
+            return Ok(None);
+        }
+        let path = &self.checkpoint_key;
+        let pem = std::fs::read_to_string(path).map_err(|err| {
+            invalid(
+                "audit.checkpoint_key",
+                format!("cannot read `{path}`: {err}"),
+            )
+        })?;
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|err| {
+            invalid(
+                "audit.checkpoint_key",
+                format!("`{path}` is not an Ed25519 private key in PKCS#8 PEM (`ecl-gate keygen` writes one): {err}"),
+            )
+        })?;
+        Ok(Some(CheckpointConfig {
+            origin_template: origin.to_owned(),
+            key,
+            every,
+            interval: Duration::from_millis(interval),
+        }))
     }
 }
 

@@ -25,6 +25,21 @@ pub struct Timestamps {
 
 const UNKNOWN: &str = "UNKNOWN";
 
+impl AuditBlock {
+    /// The `audit` member of an answer (of a decision, or of a proxied call's outcome).
+    pub fn to_value(&self) -> Value {
+        Value::object([
+            ("stream", self.stream.as_str().into()),
+            ("seq", self.seq.into()),
+            // The record's leaf in the stream's Merkle tree: the tree spans the stream from
+            // seq 0, so it is the seq (what `ecl-gate audit prove --seq` takes).
+            ("leaf_index", self.seq.into()),
+            ("prev_hash", self.prev_hash.as_str().into()),
+            ("record_hash", self.record_hash.as_str().into()),
+        ])
+    }
+}
+
 impl Decision {
     /// The response body; `audit` is `None` only when the record could not be written.
     pub fn body(&self, audit: Option<&AuditBlock>) -> Value {
@@ -50,15 +65,7 @@ impl Decision {
         if let Some(detail) = &self.detail {
             body.insert("detail".into(), detail.as_str().into());
         }
-        let audit = match audit {
-            Some(block) => Value::object([
-                ("stream", block.stream.as_str().into()),
-                ("seq", block.seq.into()),
-                ("prev_hash", block.prev_hash.as_str().into()),
-                ("record_hash", block.record_hash.as_str().into()),
-            ]),
-            None => Value::Null,
-        };
+        let audit = audit.map_or(Value::Null, AuditBlock::to_value);
         body.insert("audit".into(), audit);
         Value::Object(body)
     }
@@ -81,7 +88,9 @@ impl Decision {
         }
         match audit {
             Some(block) => {
+                // AuditBlock::to_value, member for member (write_body_is_body checks it).
                 let mut audit = ObjectWriter::new(body.key("audit"));
+                audit.u64("leaf_index", block.seq);
                 audit.str("prev_hash", &block.prev_hash);
                 audit.str("record_hash", &block.record_hash);
                 audit.u64("seq", block.seq);

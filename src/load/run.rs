@@ -735,6 +735,7 @@ mod tests {
             sync_interval: Duration::from_millis(100),
             queue_capacity: 1024,
             observer: None,
+            checkpoints: None,
         })
         .unwrap();
         let profiles = ProfileStore::new(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"));

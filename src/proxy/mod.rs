@@ -320,15 +320,7 @@ impl Outcome<'_> {
                 execution.insert("error".into(), error_value(err));
             }
         }
-        execution.insert(
-            "audit".into(),
-            Value::object([
-                ("stream", block.stream.as_str().into()),
-                ("seq", block.seq.into()),
-                ("prev_hash", block.prev_hash.as_str().into()),
-                ("record_hash", block.record_hash.as_str().into()),
-            ]),
-        );
+        execution.insert("audit".into(), block.to_value());
         Value::Object(execution)
     }
 }

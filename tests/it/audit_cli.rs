@@ -48,6 +48,7 @@ async fn write_records(path: &Path, n: u64) {
             sync_interval: Duration::from_millis(50),
             queue_capacity: 16,
             observer: None,
+            checkpoints: None,
         },
         FileOptions::default(),
     )

@@ -91,6 +91,7 @@ impl TestGate {
             sync_interval: Duration::from_millis(50),
             queue_capacity: 4096,
             observer: None,
+            checkpoints: None,
         })
         .unwrap();
         let profiles = ProfileStore::new(&options.profiles_root);

@@ -532,6 +532,7 @@ fn openapi_document_matches_the_crate() {
     assert_eq!(
         names,
         [
+            "/audit/checkpoint",
             "/healthz",
             "/metrics",
             "/openapi.yaml",
@@ -1220,7 +1221,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 32);
+    assert_eq!(keys, 36);
 }
 
 #[test]

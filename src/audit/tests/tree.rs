@@ -1,0 +1,231 @@
+//! The writer's tree and checkpoints: signed only over durable records, spanning rotation,
+//! and a restart refused when the log no longer extends its newest checkpoint.
+
+use super::*;
+use crate::checkpoint::{split_notes, verify_checkpoint, NoteSigner};
+use crate::merkle::{leaf_hash, root};
+
+/// TEST FIXTURE ONLY: a fixed-seed key.
+fn signer() -> Arc<NoteSigner> {
+    Arc::new(
+        NoteSigner::new(
+            "ecl-gate/test",
+            ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        )
+        .unwrap(),
+    )
+}
+
+fn with_checkpoints(path: &Path, sync: SyncMode, every: u64) -> AuditSettings {
+    AuditSettings {
+        checkpoints: Some(crate::audit::tree::CheckpointSettings {
+            origin: "ecl-gate/test".into(),
+            signer: signer(),
+            every,
+            interval: Duration::from_secs(3600),
+        }),
+        ..settings(path, sync)
+    }
+}
+
+fn leaves(files: &[PathBuf]) -> Vec<crate::merkle::Hash> {
+    files
+        .iter()
+        .flat_map(|f| lines(f))
+        .map(|l| leaf_hash(l.as_bytes()))
+        .collect()
+}
+
+fn checkpoints(log: &Path) -> Vec<crate::checkpoint::Checkpoint> {
+    let text = fs::read_to_string(crate::audit::tree::checkpoints_path(log)).unwrap();
+    let (notes, torn) = split_notes(&text);
+    assert!(!torn);
+    notes
+        .iter()
+        .map(|n| verify_checkpoint(n, &signer().verifying_key()).unwrap())
+        .collect()
+}
+
+#[test]
+fn checkpoints_cover_the_records_and_one_is_signed_at_shutdown() {
+    for sync in [SyncMode::Always, SyncMode::Interval, SyncMode::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let rt = rt();
+        let log = AuditLog::open(with_checkpoints(&path, sync, 4)).unwrap();
+        for i in 0..10 {
+            append_n(&log, &rt, i, 1);
+        }
+        drop(log);
+        let all = leaves(std::slice::from_ref(&path));
+        let cps = checkpoints(&path);
+        // Interval mode signs only after a sync, which these quick appends may not see.
+        let least = if sync == SyncMode::Interval { 1 } else { 2 };
+        assert!(cps.len() >= least, "{sync:?}: {cps:?}");
+        let last = cps.last().unwrap();
+        assert_eq!(
+            last.size, 10,
+            "{sync:?}: the shutdown checkpoint covers everything"
+        );
+        for cp in &cps {
+            assert_eq!(
+                cp.root,
+                root(&all[..cp.size as usize]),
+                "{sync:?} size {}",
+                cp.size
+            );
+            assert_eq!(cp.origin, "ecl-gate/test");
+        }
+        let sizes: Vec<u64> = cps.iter().map(|c| c.size).collect();
+        assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
+
+        // A restart continues the tree: the next checkpoint extends the old ones.
+        let log = AuditLog::open(with_checkpoints(&path, sync, 4)).unwrap();
+        assert!(log
+            .latest_checkpoint()
+            .unwrap()
+            .starts_with("ecl-gate/test\n10\n"));
+        append_n(&log, &rt, 10, 3);
+        drop(log);
+        let all = leaves(std::slice::from_ref(&path));
+        let last = checkpoints(&path).pop().unwrap();
+        assert_eq!((last.size, last.root), (13, root(&all)));
+    }
+}
+
+#[test]
+fn the_tree_spans_rolled_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let rt = rt();
+    let options = FileOptions {
+        rotate_bytes: 4096,
+        ..FileOptions::default()
+    };
+    let log =
+        AuditLog::open_with(with_checkpoints(&path, SyncMode::Always, 1000), options).unwrap();
+    for i in 0..60 {
+        append_n(&log, &rt, i, 1);
+    }
+    drop(log);
+    let mut files: Vec<PathBuf> = segment::rolled_segments(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert!(!files.is_empty(), "rotation happened");
+    files.push(path.clone());
+    let all = leaves(&files);
+    assert_eq!(all.len(), 60);
+    let last = checkpoints(&path).pop().unwrap();
+    assert_eq!((last.size, last.root), (60, root(&all)));
+    // And a restart rebuilds it across the segments.
+    let log =
+        AuditLog::open_with(with_checkpoints(&path, SyncMode::Always, 1000), options).unwrap();
+    drop(log);
+}
+
+#[test]
+fn a_restart_on_a_log_that_no_longer_extends_its_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let rt = rt();
+    let log = AuditLog::open(with_checkpoints(&path, SyncMode::Always, 1000)).unwrap();
+    append_n(&log, &rt, 0, 5);
+    drop(log);
+    let original = fs::read_to_string(&path).unwrap();
+
+    // Truncated: the last whole record is gone (the chain alone still verifies).
+    let kept: Vec<&str> = original.lines().take(4).collect();
+    fs::write(&path, format!("{}\n", kept.join("\n"))).unwrap();
+    let err = AuditLog::open(with_checkpoints(&path, SyncMode::Always, 1000)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("holds 4 records, its newest checkpoint covers 5: truncated"),
+        "{msg}"
+    );
+
+    // A checkpoint signed by another key is not trusted as ours.
+    fs::write(&path, &original).unwrap();
+    let mut other = with_checkpoints(&path, SyncMode::Always, 1000);
+    if let Some(cp) = &mut other.checkpoints {
+        cp.signer = Arc::new(
+            NoteSigner::new(
+                "ecl-gate/test",
+                ed25519_dalek::SigningKey::from_bytes(&[8; 32]),
+            )
+            .unwrap(),
+        );
+    }
+    let msg = AuditLog::open(other).unwrap_err().to_string();
+    assert!(
+        msg.contains("does not verify with `audit.checkpoint_key`"),
+        "{msg}"
+    );
+    AuditLog::open(with_checkpoints(&path, SyncMode::Always, 1000)).unwrap();
+}
+
+// Append throughput with the tree and checkpoints on vs the chain alone, for the report:
+// cargo test --release --lib tree_append_throughput -- --ignored --nocapture
+#[test]
+#[ignore = "benchmark; run in release mode"]
+fn tree_append_throughput() {
+    const N: u64 = 100_000;
+    const CONCURRENCY: u64 = 64;
+    let rt = rt();
+    for sync in [SyncMode::Never, SyncMode::Always] {
+        let n = if sync == SyncMode::Always { N / 5 } else { N };
+        let mut figures = Vec::new();
+        // Alternated and repeated, so drift of a shared machine does not favour one side.
+        for round in 0..6 {
+            let tree = round % 2 == 1;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bench.log");
+            let settings = if tree {
+                with_checkpoints(
+                    &path,
+                    sync,
+                    std::env::var("BENCH_EVERY")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1000),
+                )
+            } else {
+                settings(&path, sync)
+            };
+            let log = AuditLog::open(settings).unwrap();
+            let start = std::time::Instant::now();
+            rt.block_on(async {
+                let per_task = n / CONCURRENCY;
+                let tasks: Vec<_> = (0..CONCURRENCY)
+                    .map(|t| {
+                        let log = log.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per_task {
+                                log.append(record(t * per_task + i)).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let secs = start.elapsed().as_secs_f64();
+            drop(log);
+            figures.push((tree, (n / CONCURRENCY * CONCURRENCY) as f64 / secs));
+        }
+        let best = |t: bool| {
+            figures
+                .iter()
+                .filter(|(tree, _)| *tree == t)
+                .map(|(_, r)| *r)
+                .fold(0.0, f64::max)
+        };
+        let (chain, tree) = (best(false), best(true));
+        println!(
+            "sync={sync:?} concurrency={CONCURRENCY}: chain only {chain:.0} records/s, tree+checkpoints {tree:.0} records/s ({:+.1}%)",
+            (tree / chain - 1.0) * 100.0
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Issue 9 end to end with the real binary: the gate signs checkpoints while serving; an
+//! auditor with only the public key proves a record's inclusion, checks consistency, and
+//! detects truncation, an edited record and swapped records, each named.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ecl_gate::canonical;
+
+use crate::cli::{get, post, spawn_serve_with_admin};
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
+
+fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(args: &[&str], dir: &Path) -> String {
+    let (code, out, err) = run(args, dir);
+    assert_eq!(code, 0, "{args:?}: {out}{err}");
+    out
+}
+
+fn fails(args: &[&str], dir: &Path) -> String {
+    let (code, out, err) = run(args, dir);
+    assert_eq!(code, 1, "{args:?} should fail: {out}{err}");
+    err
+}
+
+/// Runs a gate that signs every 3 records, sends `n` decisions, pins the checkpoint after the
+/// first 3, stops it; returns the log, and the pinned checkpoint's file.
+fn serve_and_stop(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    // TEST FIXTURE ONLY: a key made for this test in its temp dir.
+    ok(&["keygen", "--out", "keys", "--kid", "cp"], dir);
+    let (mut child, addr, admin) = spawn_serve_with_admin(
+        dir,
+        &[
+            ("ECL_AUDIT__CHECKPOINT_KEY", "keys/cp.key"),
+            ("ECL_AUDIT__ORIGIN", "ecl-gate/it"),
+            ("ECL_AUDIT__CHECKPOINT_EVERY", "3"),
+        ],
+    );
+    let pinned = dir.join("pinned.cp");
+    for i in 0..n {
+        let body = canonical::to_canonical(&request(
+            &format!("cp-{i}"),
+            "email.send",
+            email_args("bob@example.com", "hi"),
+        ));
+        let answer = post(&addr, &body);
+        assert_eq!(answer["audit"]["leaf_index"], answer["audit"]["seq"]);
+        if i == 2 {
+            // Signed just after the answers go out: poll briefly.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let (status, note) = loop {
+                let (status, note) = get(&admin, "/audit/checkpoint");
+                if status != 503 || std::time::Instant::now() > deadline {
+                    break (status, note);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            assert_eq!(status, 200, "{note}");
+            assert!(note.starts_with("ecl-gate/it\n3\n"), "{note}");
+            assert!(note.contains("\n\n\u{2014} ecl-gate/it "), "{note}");
+            std::fs::write(&pinned, note).unwrap();
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    (dir.join(format!("logs/gate-{}.log", child.id())), pinned)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn an_auditor_proves_inclusion_and_consistency_and_detects_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (log, pinned) = serve_and_stop(dir, 7);
+    let cps = PathBuf::from(format!("{}.checkpoints", s(&log)));
+    let key = "keys/cp.pub";
+
+    // The log matches every checkpoint signed while serving (3, 6, and 7 at shutdown).
+    let out = ok(
+        &[
+            "audit",
+            "verify",
+            s(&log),
+            "--checkpoint",
+            s(&cps),
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(out.contains("the tree at size 7"), "{out}");
+    // Chain-only verification of the directory skips the checkpoints file.
+    ok(&["audit", "verify", "logs"], dir);
+
+    // Inclusion: prove seq 4 against the newest checkpoint, check it offline.
+    let proof = ok(&["audit", "prove", s(&log), "--seq", "4"], dir);
+    assert!(
+        proof.starts_with("c2sp.org/tlog-proof@v1\nindex 4\n"),
+        "{proof}"
+    );
+    std::fs::write(dir.join("p4"), &proof).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    std::fs::write(dir.join("r4"), format!("{}\n", lines[4])).unwrap();
+    std::fs::write(dir.join("r5"), format!("{}\n", lines[5])).unwrap();
+    let out = ok(
+        &[
+            "audit",
+            "check-proof",
+            "p4",
+            "--pubkey",
+            key,
+            "--record",
+            "r4",
+        ],
+        dir,
+    );
+    assert!(out.contains("leaf 4 of `ecl-gate/it` at size 7"), "{out}");
+    let err = fails(
+        &[
+            "audit",
+            "check-proof",
+            "p4",
+            "--pubkey",
+            key,
+            "--record",
+            "r5",
+        ],
+        dir,
+    );
+    assert!(
+        err.contains("the record is seq 5, the proof is for index 4"),
+        "{err}"
+    );
+    // The same line with one byte changed is not in the tree.
+    std::fs::write(dir.join("r4x"), lines[4].replace("cp-4", "cp-X")).unwrap();
+    let err = fails(
+        &[
+            "audit",
+            "check-proof",
+            "p4",
+            "--pubkey",
+            key,
+            "--record",
+            "r4x",
+        ],
+        dir,
+    );
+    assert!(err.contains("not leaf 4"), "{err}");
+
+    // Consistency: the newest checkpoint extends the pinned one.
+    let text = std::fs::read_to_string(&cps).unwrap();
+    let newest = text
+        .rsplit_once("\necl-gate/it\n")
+        .map(|(_, n)| format!("ecl-gate/it\n{n}"))
+        .unwrap();
+    std::fs::write(dir.join("newest.cp"), &newest).unwrap();
+    let out = ok(
+        &[
+            "audit",
+            "consistency",
+            s(&pinned),
+            "newest.cp",
+            s(&log),
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(
+        out.contains("ok: the checkpoint at size 7 extends the one at size 3"),
+        "{out}"
+    );
+
+    // Truncating the last record: the chain still verifies, the checkpoint does not.
+    std::fs::create_dir(dir.join("cut")).unwrap();
+    std::fs::write(
+        dir.join("cut/a.log"),
+        format!("{}\n", lines[..6].join("\n")),
+    )
+    .unwrap();
+    ok(&["audit", "verify", "cut/a.log"], dir);
+    let err = fails(
+        &[
+            "audit",
+            "verify",
+            "cut/a.log",
+            "--checkpoint",
+            "newest.cp",
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(
+        err.contains("log holds 6 records, checkpoint covers 7: truncated (seq 6..=6 missing)"),
+        "{err}"
+    );
+
+    // Editing a middle record: named by file, line and seq.
+    std::fs::create_dir(dir.join("edit")).unwrap();
+    let mut edited = lines.clone();
+    edited[3] = edited[3].replace("cp-3", "cp-Z");
+    std::fs::write(dir.join("edit/a.log"), format!("{}\n", edited.join("\n"))).unwrap();
+    let err = fails(
+        &[
+            "audit",
+            "verify",
+            "edit/a.log",
+            "--checkpoint",
+            "newest.cp",
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(err.contains("`edit/a.log` line 4 (seq 3)"), "{err}");
+
+    // Swapping two records: named too.
+    std::fs::create_dir(dir.join("swap")).unwrap();
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    std::fs::write(dir.join("swap/a.log"), format!("{}\n", swapped.join("\n"))).unwrap();
+    let err = fails(
+        &[
+            "audit",
+            "verify",
+            "swap/a.log",
+            "--checkpoint",
+            "newest.cp",
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(err.contains("`swap/a.log` line 2 (seq 2)"), "{err}");
+
+    // A checkpoint checked with another key is refused.
+    ok(&["keygen", "--out", "other", "--kid", "x"], dir);
+    let err = fails(
+        &[
+            "audit",
+            "verify",
+            s(&log),
+            "--checkpoint",
+            "newest.cp",
+            "--pubkey",
+            "other/x.pub",
+        ],
+        dir,
+    );
+    assert!(err.contains("not signed by the given key"), "{err}");
+}
+
+#[test]
+fn the_checkpoint_endpoint_is_404_when_checkpoints_are_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, _addr, admin) = spawn_serve_with_admin(tmp.path(), &[]);
+    let (status, body) = get(&admin, "/audit/checkpoint");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("audit.checkpoint_key"), "{body}");
+}
