@@ -89,7 +89,8 @@ pub struct Decision {
     /// Why, in words, for the caller; absent on ALLOW.
     pub detail: Option<String>,
     /// The normalized request, when one was read; audited only with `audit.include_request`.
-    pub normalized_request: Option<Value>,
+    /// Shared with the request: cloned into the record only with `audit.include_request`.
+    pub normalized_request: Option<Arc<Value>>,
     /// The approval this decision relied on, if a valid token was presented and needed.
     pub approval: Option<Approval>,
 }
@@ -162,7 +163,7 @@ fn evaluate(
             runtime,
             Some(detail),
         );
-        decision.normalized_request = Some(request.normalized.clone());
+        decision.normalized_request = Some(Arc::clone(&request.normalized));
         decision
     };
 
@@ -243,7 +244,7 @@ fn evaluate(
         approved_call: Some((request.tool_name.clone(), request.tool_args.clone())),
         escalation: None,
         detail: None,
-        normalized_request: Some(request.normalized.clone()),
+        normalized_request: Some(Arc::clone(&request.normalized)),
         approval,
     }
 }

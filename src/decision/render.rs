@@ -172,7 +172,7 @@ impl Decision {
         }
         if include_request {
             if let Some(request) = &self.normalized_request {
-                record.insert("request".into(), request.clone());
+                record.insert("request".into(), Value::clone(request));
             }
         }
         record

@@ -6,6 +6,7 @@
 //! unknown field, or do I/O.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::canonical::{self, Map, Value};
 use crate::decision::ReasonCode;
@@ -25,7 +26,7 @@ pub struct ExecRequest {
     pub nonce: Option<String>,
     pub submitted_at: Option<String>,
     /// Every field of SPEC §2 present, absent optionals as `null` (SPEC §4).
-    pub normalized: Value,
+    pub normalized: Arc<Value>,
     pub request_hash: String,
     /// What an approval binds to: the normalized request without `controls` and `submitted_at`.
     pub intent_hash: String,
@@ -49,7 +50,7 @@ pub struct Rejection {
     /// A human-readable cause for the client; never internal state.
     pub detail: String,
     /// The normalized request, when the schema held (`CTX_HASH_MISMATCH`), so it can be replayed.
-    pub normalized: Option<Value>,
+    pub normalized: Option<Arc<Value>>,
 }
 
 /// Steps 2–4 of SPEC §6 over a complete body.
@@ -90,7 +91,7 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
                 fields.profile_version.to_owned(),
             )),
             detail: "`context.snapshot_hash` is not the hash of `context.snapshot`".to_owned(),
-            normalized: Some(normalized),
+            normalized: Some(Arc::new(normalized)),
         }));
     }
     let intent_hash = intent_hash(&normalized);
@@ -108,17 +109,17 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
         approval_token: fields.approval_token.map(str::to_owned),
         nonce: fields.nonce.map(str::to_owned),
         submitted_at: fields.submitted_at.map(str::to_owned),
-        normalized,
+        normalized: Arc::new(normalized),
         request_hash,
         intent_hash,
     })
 }
 
 fn intent_hash(normalized: &Value) -> String {
-    let mut intent = normalized.as_object().cloned().unwrap_or_default();
-    intent.remove("controls");
-    intent.remove("submitted_at");
-    canonical::hash(&Value::Object(intent))
+    match normalized {
+        Value::Object(members) => canonical::hash_without(members, &["controls", "submitted_at"]),
+        other => canonical::hash(other),
+    }
 }
 
 /// The request's fields, borrowed from the parsed body once the schema held.
