@@ -100,6 +100,9 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             .await
             .with_context(|| format!("cannot listen on `{}` (admin_listen)", config.admin_listen))?;
         let admin_addr = admin.local_addr()?;
+        // Ready from the moment the listener is bound: connections wait in its backlog until
+        // the accept loop runs, and whoever reads the "serving" line below may probe at once.
+        serving.store(true, Ordering::Release);
         log_effective_config(&config);
         tracing::info!(
             listen = %addr,
@@ -126,7 +129,6 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             async move { stop.notified().await }
         };
         let admin_task = tokio::spawn(admin.run(admin_stopping));
-        serving.store(true, Ordering::Release);
         let serve = tokio::spawn(server.run(stopping));
         shutdown_signal().await;
         tracing::info!(grace = ?config.shutdown_grace, "stopping: finishing requests in flight");
