@@ -222,7 +222,7 @@ fn evaluate(
     }
 
     // Step 8: constraints, in the order the profile lists them.
-    let passed = match rules::check(tool, &request.tool_args) {
+    let passed = match rules::check(tool, request.tool_args()) {
         Ok(passed) => passed,
         Err(failure) => return deny(failure.reason, ref_hash, failure.detail),
     };
@@ -241,7 +241,7 @@ fn evaluate(
         profile: ids,
         profile_ref_hash: ref_hash,
         runtime: runtime.clone(),
-        approved_call: Some((request.tool_name.clone(), request.tool_args.clone())),
+        approved_call: Some((request.tool_name.clone(), request.tool_args().clone())),
         escalation: None,
         detail: None,
         normalized_request: Some(Arc::clone(&request.normalized)),

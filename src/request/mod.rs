@@ -18,8 +18,6 @@ pub struct ExecRequest {
     pub request_id: String,
     pub actor: Actor,
     pub tool_name: String,
-    /// Exactly as received; forwarded untouched on ALLOW.
-    pub tool_args: Value,
     pub profile_id: String,
     pub profile_version: String,
     pub approval_token: Option<String>,
@@ -103,7 +101,6 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
             attributes: fields.attributes.clone(),
         },
         tool_name: fields.tool_name.to_owned(),
-        tool_args: fields.tool_args.clone(),
         profile_id: fields.profile_id.to_owned(),
         profile_version: fields.profile_version.to_owned(),
         approval_token: fields.approval_token.map(str::to_owned),
@@ -113,6 +110,14 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
         request_hash,
         intent_hash,
     })
+}
+
+impl ExecRequest {
+    /// The tool's arguments exactly as received: read from the normalized request, which
+    /// already holds them, so a request carries one copy.
+    pub fn tool_args(&self) -> &Value {
+        &self.normalized["tool"]["args"]
+    }
 }
 
 fn intent_hash(normalized: &Value) -> String {

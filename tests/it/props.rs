@@ -207,7 +207,7 @@ proptest! {
         if decision.decision_type == DecisionType::Allow {
             let request = decode(&bytes).unwrap();
             prop_assert_eq!(request.tool_name.as_str(), "email.send");
-            prop_assert!(example_allows(&request.tool_args), "allowed {:?}", request.tool_args);
+            prop_assert!(example_allows(request.tool_args()), "allowed {:?}", request.tool_args());
         }
     }
 
