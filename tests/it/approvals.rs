@@ -208,3 +208,36 @@ async fn a_single_use_token_is_honoured_once() {
     assert_eq!(third["reason_code"].str(), "APPROVAL_INVALID");
     assert!(third["detail"].str().contains("already used"), "{third:?}");
 }
+
+#[tokio::test]
+async fn a_ledger_that_cannot_be_written_fails_closed() {
+    // `/dev/full` takes the ledger's lock and reads as empty, but every write fails (ENOSPC):
+    // a valid, unspent approval must then be refused, never ALLOWed unrecorded.
+    let keys = tempfile::tempdir().unwrap();
+    let (_, private, approvals) = keygen(keys.path());
+    let gate = TestGate::start_with(Options {
+        approvals,
+        single_use_ledger: Some("/dev/full".into()),
+        ..Options::default()
+    })
+    .await;
+    let request = deploy("deploy-full", "billing");
+    let (_, escalated) = gate.execute(bytes_of(&request)).await;
+    let token = approve(
+        &private,
+        &[
+            "--intent-hash",
+            escalated["escalation"]["intent_hash"].str(),
+        ],
+    );
+    let (status, denied) = gate.execute(bytes_of(&with_token(&request, &token))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (denied["decision_type"].str(), denied["reason_code"].str()),
+        ("DENY", "INTERNAL_ERROR")
+    );
+    assert!(denied["approved_call"].is_null());
+    let record = gate.record_for(&denied);
+    assert_eq!(record["reason_code"].str(), "INTERNAL_ERROR");
+    assert!(record["approved_call"].is_null());
+}
