@@ -87,6 +87,17 @@ fn proxy_config(dir: &Path, upstreams: Vec<(&str, RawUpstream)>, tls: RawTls) ->
     .unwrap()
 }
 
+/// A tool that fails the test (at `tool.verify()`) if anything reaches it.
+async fn tool_that_must_not_be_called() -> MockServer {
+    let tool = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&tool)
+        .await;
+    tool
+}
+
 async fn proxy_gate(config: ProxyConfig) -> TestGate {
     TestGate::start_with(Options {
         proxy: Some(config),
@@ -201,12 +212,7 @@ async fn an_allow_reaches_the_tool_once_with_the_credential_and_a_grant_for_the_
 
 #[tokio::test]
 async fn deny_never_contacts_the_tool() {
-    let tool = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&tool)
-        .await;
+    let tool = tool_that_must_not_be_called().await;
     let dir = tempfile::tempdir().unwrap();
     let gate = gate_to(&tool.uri(), dir.path()).await;
 
@@ -246,12 +252,7 @@ async fn deny_never_contacts_the_tool() {
 
 #[tokio::test]
 async fn escalate_never_contacts_the_tool() {
-    let tool = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&tool)
-        .await;
+    let tool = tool_that_must_not_be_called().await;
     let dir = tempfile::tempdir().unwrap();
     let gate = gate_to(&tool.uri(), dir.path()).await;
     let deploy = request_for(
@@ -272,12 +273,7 @@ async fn escalate_never_contacts_the_tool() {
 #[tokio::test]
 async fn an_allow_whose_decision_record_failed_is_never_forwarded() {
     // /dev/full refuses every write: the ALLOW cannot be recorded, so it must not happen.
-    let tool = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&tool)
-        .await;
+    let tool = tool_that_must_not_be_called().await;
     let dir = tempfile::tempdir().unwrap();
     let config = proxy_config(
         dir.path(),
@@ -406,12 +402,7 @@ async fn an_oversized_answer_is_an_outcome_error() {
 async fn an_allowed_tool_without_upstream_is_recorded_and_never_forwarded() {
     // Only reachable with a profile version loaded after start (`serve` refuses to start when a
     // loaded profile allows a tool without upstream); the call goes nowhere.
-    let tool = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&tool)
-        .await;
+    let tool = tool_that_must_not_be_called().await;
     let dir = tempfile::tempdir().unwrap();
     let config = proxy_config(
         dir.path(),
@@ -562,12 +553,7 @@ async fn tls_with_an_untrusted_certificate_fails_the_call() {
 #[tokio::test]
 async fn https_never_falls_back_to_plain_http() {
     // A plain-HTTP tool behind an https:// URL: the handshake fails and nothing is sent.
-    let tool = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&tool)
-        .await;
+    let tool = tool_that_must_not_be_called().await;
     let url = tool.uri().replace("http://", "https://");
     let (_, answer, outcome) = forward_to(upstream(&url), RawTls::default()).await;
     let kind = answer["execution"]["error"]["kind"].str();
