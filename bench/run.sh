@@ -8,6 +8,9 @@
 #   BENCH_ROUNDS=3 bench/run.sh                 every ceiling/gate pair 3 times, then medians
 #   BENCH_SMOKE=1 bench/run.sh                  CI: debug build, 1 s per server, fails only if an
 #                                               answer FAILs; no thresholds
+#   BENCH_CHECKPOINTS=1 bench/run.sh            also the gate with signed checkpoints on (issue 9:
+#                                               `audit.checkpoint_every` 1000, a key made in the
+#                                               work directory), as server `gate+cp` in every round
 #
 # More knobs: BENCH_CONCURRENCY ("64 256"), BENCH_SYNC ("never always"), BENCH_SCENARIO (allow),
 # BENCH_LOAD_THREADS (1), BENCH_GATE_LOG (the gate's log filter; default info, one line per
@@ -83,6 +86,11 @@ start() {
   : >"$err"
   if [ "$kind" = ceiling ]; then
     "$ceiling" --listen 127.0.0.1:0 --sync "$sync" --path "$log" 2>"$err" &
+  elif [ "$kind" = gate+cp ]; then
+    NO_COLOR=1 ECL_LISTEN=127.0.0.1:0 ECL_ADMIN_LISTEN=127.0.0.1:0 ECL_AUDIT__SYNC="$sync" \
+      ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL="${BENCH_GATE_LOG:-info}" \
+      ECL_AUDIT__CHECKPOINT_KEY="$work/keys/bench-cp.key" ECL_AUDIT__CHECKPOINT_EVERY=1000 \
+      "$gate_bin" serve 2>"$err" &
   else
     NO_COLOR=1 ECL_LISTEN=127.0.0.1:0 ECL_ADMIN_LISTEN=127.0.0.1:0 ECL_AUDIT__SYNC="$sync" \
       ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL="${BENCH_GATE_LOG:-info}" \
@@ -130,7 +138,7 @@ measure() {
   cpu1=$(cpu_ticks "$server_pid")
   rss=$(peak_rss_mb "$server_pid")
   stop
-  rm -f "$log"
+  rm -f "$log" "$log.checkpoints"
   if [ "$status" != 0 ] || [ ! -s "$out" ]; then
     echo "bench: load against the $kind failed (exit $status):" >&2
     cat "$out" >&2 || true
@@ -152,14 +160,22 @@ measure() {
     >>"$results"
 }
 
+kinds="ceiling gate"
+if [ "${BENCH_CHECKPOINTS:-0}" = 1 ]; then
+  # TEST FIXTURE ONLY: a throwaway signing key, made and deleted with the work directory.
+  "$bin" keygen --out "$work/keys" --kid bench-cp >"$work/keygen.out" 2>&1 || { cat "$work/keygen.out" >&2; exit 1; }
+  kinds="ceiling gate gate+cp"
+fi
+
 echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); load: $scenario," \
   "$duration after $warmup warm-up, $load_threads load thread(s), $rounds round(s)" >&2
 for sync in $syncs; do
   for conc in $concurrency; do
     for round in $(seq 1 "$rounds"); do
-      echo "bench: sync=$sync concurrency=$conc round $round: ceiling, then gate" >&2
-      measure ceiling "$sync" "$conc" "$round"
-      measure gate "$sync" "$conc" "$round"
+      echo "bench: sync=$sync concurrency=$conc round $round: ${kinds// /, then }" >&2
+      for kind in $kinds; do
+        measure "$kind" "$sync" "$conc" "$round"
+      done
     done
   done
 done
@@ -178,7 +194,7 @@ awk -F'\t' -v rounds="$rounds" '
   {
     key = $1 SUBSEP $2
     if ($4 == "ceiling") ceil[key, $3] = $5
-    ratio = ($4 == "gate" && ceil[key, $3] > 0) ? sprintf("%.2f", $5 / ceil[key, $3]) : ""
+    ratio = ($4 != "ceiling" && ceil[key, $3] > 0) ? sprintf("%.2f", $5 / ceil[key, $3]) : ""
     printf "%-6s %5s %5s %-7s %9.0f %7.3f %7.3f %11s %7s %10s %5s %7s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ratio
     rps[key, $4] = rps[key, $4] " " $5
     p99s[key, $4] = p99s[key, $4] " " $7
@@ -193,6 +209,10 @@ awk -F'\t' -v rounds="$rounds" '
         c = median(rps[order[i], "ceiling"]); g = median(rps[order[i], "gate"])
         printf "%-6s %5s %12.0f %12.0f %7.2f %12.3f\n", k[1], k[2], c, g, (c > 0 ? g / c : 0), median(p99s[order[i], "gate"])
         gate[k[1], k[2]] = g
+        if ((order[i], "gate+cp") in rps) {
+          cp = median(rps[order[i], "gate+cp"])
+          printf "%-6s %5s %12s %12.0f %7.2f %12.3f  (gate+cp)\n", k[1], k[2], "", cp, (c > 0 ? cp / c : 0), median(p99s[order[i], "gate+cp"])
+        }
       }
     } else {
       for (i = 1; i <= n; i++) { split(order[i], k, SUBSEP); gate[k[1], k[2]] = median(rps[order[i], "gate"]) }
@@ -201,6 +221,10 @@ awk -F'\t' -v rounds="$rounds" '
       split(order[i], k, SUBSEP)
       if (k[1] == "always" && gate["never", k[2]] > 0)
         printf "gate always/never at concurrency %s: %.2f\n", k[2], gate["always", k[2]] / gate["never", k[2]]
+      if ((order[i], "gate+cp") in rps) {
+        g = median(rps[order[i], "gate"])
+        if (g > 0) printf "gate+cp/gate at sync=%s concurrency %s: %.3f\n", k[1], k[2], median(rps[order[i], "gate+cp"]) / g
+      }
     }
   }' "$results"
 

@@ -353,13 +353,23 @@ impl AuditLog {
             Some(cp) => {
                 let slot = tree::Latest::default();
                 latest = Some(slot.clone());
-                Some(tree::open(
+                let durability = if sync == SyncMode::Never {
+                    tree::Durability::BeforeSigning(file.try_clone().map_err(|source| {
+                        AuditError::Open {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?)
+                } else {
+                    tree::Durability::Writer
+                };
+                Some(tree::TreeFeed::spawn(tree::open(
                     &path,
                     tail.next_seq,
                     cp,
-                    sync != SyncMode::Never,
+                    durability,
                     slot,
-                )?)
+                )?)?)
             }
             None => None,
         };

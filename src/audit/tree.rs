@@ -1,19 +1,25 @@
 //! The Merkle tree over a stream's records and the signed checkpoints of it (issue 9).
 //!
-//! Owns the writer's tree state (a compact range, O(log n) hashes), the checkpoints file
+//! Owns the tree state (a compact range, O(log n) hashes), the checkpoints file
 //! `<log>.checkpoints` beside the log, and the start-up rebuild: the tree is rebuilt by
 //! streaming the leaf hashes of every record of the chain (rolled segments, then the active
 //! file), and the newest stored checkpoint must be a prefix of it before anything new is
-//! signed. It must never sign a checkpoint over records that are not durable (the writer calls
-//! it only when every record in the tree is), and never sign two checkpoints that are
-//! inconsistent with each other: the tree only grows, and a start on a log that no longer
-//! matches its newest checkpoint is refused.
+//! signed. It must never sign a checkpoint over records that are not durable, and never sign
+//! two checkpoints that are inconsistent with each other: the tree only grows, and a start on a
+//! log that no longer matches its newest checkpoint is refused.
+//!
+//! The tree lives on a thread of its own, fed by the writer through [`TreeFeed`]: the writer
+//! hands over the lines of each batch it wrote and tells how many records are durable; leaf
+//! hashing, signing and the checkpoints file's fdatasync stay off the writer's path, so the
+//! chain's append throughput barely changes when checkpoints are on. The feed is bounded, so a
+//! tree thread that falls behind slows the writer instead of growing without limit.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{split_notes, verify_checkpoint, Checkpoint, NoteSigner};
@@ -23,6 +29,21 @@ use super::{segment, AuditError};
 
 /// Longest record line read back (as in verification).
 const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Batches the writer may be ahead of the tree thread before it waits for it; also how many
+/// spent batch buffers are kept for reuse.
+const FEED_DEPTH: usize = 4;
+
+/// A spent batch buffer larger than this is freed rather than kept for reuse.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
+
+/// Signed checkpoints reach the checkpoints file at most this long after they are served.
+/// Writing each one as it is signed cost 10-15 % of the append rate under `sync = "always"`:
+/// every small append to a second file rides along with the log's next fdatasync.
+const FILE_WRITE_DELAY: Duration = Duration::from_secs(1);
+
+/// Signed notes not yet in the file beyond which no more are signed: the file refuses writes.
+const MAX_UNWRITTEN: usize = 1 << 20;
 
 /// How checkpoints are made (`audit.origin`, `audit.checkpoint_*`).
 #[derive(Debug, Clone)]
@@ -39,7 +60,7 @@ pub struct CheckpointSettings {
 /// The newest signed checkpoint note, shared with the admin listener.
 pub type Latest = Arc<RwLock<Option<Arc<str>>>>;
 
-/// The writer's tree and checkpoint state.
+/// The tree and checkpoint state, owned by the tree thread once the log is open.
 pub(super) struct TreeState {
     pub range: CompactRange,
     settings: CheckpointSettings,
@@ -47,10 +68,25 @@ pub(super) struct TreeState {
     path: PathBuf,
     /// Length of the checkpoints file after the last whole note: a failed append is cut back.
     file_len: u64,
+    /// Notes signed (and served) but not yet appended to the file, oldest first.
+    unwritten: String,
+    written_at: Instant,
     signed_size: u64,
     signed_at: Instant,
     latest: Latest,
-    sync: bool,
+    durability: Durability,
+}
+
+/// Who makes the records durable before a checkpoint covers them.
+pub(super) enum Durability {
+    /// The writer fdatasyncs (`always`, `interval`) and says how far through [`TreeFeed`].
+    Writer,
+    /// `never`: the writer does not sync, so the tree thread fdatasyncs the active file (this
+    /// handle to it) itself before signing; rolled segments were synced when they rolled.
+    BeforeSigning(File),
+    /// `never`, and no handle to the active file could be had after a rotation: nothing is
+    /// signed until the next rotation or restart.
+    Unavailable,
 }
 
 /// `<log>.checkpoints`.
@@ -75,7 +111,7 @@ pub(super) fn open(
     log: &Path,
     records: u64,
     settings: CheckpointSettings,
-    sync: bool,
+    durability: Durability,
     latest: Latest,
 ) -> Result<TreeState, AuditError> {
     let path = checkpoints_path(log);
@@ -151,10 +187,12 @@ pub(super) fn open(
         file,
         path,
         file_len: kept,
+        unwritten: String::new(),
+        written_at: Instant::now(),
         signed_size,
         signed_at: Instant::now(),
         latest,
-        sync,
+        durability,
     })
 }
 
@@ -238,16 +276,81 @@ pub fn for_each_leaf(files: &[PathBuf], mut each: impl FnMut(Hash)) -> Result<()
 }
 
 impl TreeState {
-    /// When an idle writer must sign: the interval after the last checkpoint, if records came.
-    pub fn due(&self) -> Option<Instant> {
-        (self.range.size() > self.signed_size)
+    /// The thread's body: takes the writer's updates until the writer hangs up, signs on the
+    /// interval while idle, and signs once more at the end over whatever is durable.
+    fn run(mut self, updates: flume::Receiver<Update>, spare: flume::Sender<Vec<u8>>) {
+        // At open the tree holds exactly the records already on disk.
+        let mut durable = self.range.size();
+        loop {
+            let deadline = [self.due(durable), self.write_due()]
+                .into_iter()
+                .flatten()
+                .min();
+            let update = match deadline {
+                Some(deadline) => updates.recv_deadline(deadline),
+                None => updates
+                    .recv()
+                    .map_err(|_| flume::RecvTimeoutError::Disconnected),
+            };
+            match update {
+                Ok(Update::Written {
+                    lines,
+                    durable: now,
+                }) => {
+                    for line in lines.split(|b| *b == b'\n') {
+                        // The buffer ends with `\n`: the last piece is empty, not a record.
+                        if !line.is_empty() {
+                            self.range.append(leaf_hash(line));
+                        }
+                    }
+                    durable = now;
+                    // Handing the buffer back spares an allocation per batch; a full pool
+                    // just drops it.
+                    if lines.capacity() <= MAX_KEPT_BUFFER {
+                        let _ = spare.try_send(lines);
+                    }
+                }
+                Ok(Update::Durable(now)) => durable = now,
+                Ok(Update::Rotated(active)) => {
+                    if let Durability::BeforeSigning(_) | Durability::Unavailable = self.durability
+                    {
+                        self.durability =
+                            active.map_or(Durability::Unavailable, Durability::BeforeSigning);
+                    }
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
+            if self.range.size() == durable {
+                self.maybe_sign(false);
+            }
+            if self.write_due().is_some_and(|t| t <= Instant::now()) {
+                self.write_unwritten();
+            }
+        }
+        if self.range.size() == durable {
+            self.maybe_sign(true);
+        }
+        self.write_unwritten();
+        // Checkpoints are appended without a sync while serving (see `write_unwritten`); at
+        // shutdown they are made durable once.
+        if let Err(e) = self.file.sync_data() {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot fdatasync the checkpoints at shutdown");
+        }
+    }
+
+    /// When an idle tree must sign: the interval after the last checkpoint, if records came and
+    /// all of them are durable (otherwise the writer's next update comes first).
+    fn due(&self, durable: u64) -> Option<Instant> {
+        let size = self.range.size();
+        (size > self.signed_size && size == durable)
             .then(|| self.signed_at.checked_add(self.settings.interval))
             .flatten()
     }
 
     /// Signs and appends a checkpoint of the whole tree if one is due (or `force`d and
     /// anything is new). The caller guarantees every record in the tree is durable.
-    pub fn maybe_sign(&mut self, force: bool) {
+    fn maybe_sign(&mut self, force: bool) {
         let size = self.range.size();
         if size <= self.signed_size {
             return;
@@ -258,6 +361,24 @@ impl TreeState {
         if !due {
             return;
         }
+        if self.unwritten.len() >= MAX_UNWRITTEN {
+            self.write_unwritten();
+            if self.unwritten.len() >= MAX_UNWRITTEN {
+                // Signing on would serve checkpoints that may never reach the file.
+                self.signed_at = Instant::now();
+                return;
+            }
+        }
+        if let Err(e) = self.make_log_durable() {
+            tracing::error!(
+                path = %self.path.display(),
+                size,
+                error = %e,
+                "cannot make the records durable; no checkpoint until the next interval"
+            );
+            self.signed_at = Instant::now();
+            return;
+        }
         let checkpoint = Checkpoint {
             origin: self.settings.origin.clone(),
             size,
@@ -265,31 +386,167 @@ impl TreeState {
         };
         let note = self.settings.signer.sign(&checkpoint.body());
         self.signed_at = Instant::now();
-        match self.append(&note) {
+        self.signed_size = size;
+        self.unwritten.push_str(&note);
+        if let Ok(mut slot) = self.latest.write() {
+            *slot = Some(Arc::from(note));
+        }
+    }
+
+    /// When the signed notes must be appended to the file.
+    fn write_due(&self) -> Option<Instant> {
+        (!self.unwritten.is_empty())
+            .then(|| self.written_at.checked_add(FILE_WRITE_DELAY))
+            .flatten()
+    }
+
+    fn make_log_durable(&self) -> io::Result<()> {
+        match &self.durability {
+            Durability::Writer => Ok(()),
+            Durability::BeforeSigning(active) => active.sync_data(),
+            Durability::Unavailable => Err(io::Error::other(
+                "no handle to the active log file since the last rotation",
+            )),
+        }
+    }
+
+    /// Appends the signed notes to the file; on failure cuts it back to its last whole note and
+    /// keeps them for the next try.
+    //
+    // Neither written at once nor fdatasync'ed while serving, and nothing depends on it: the
+    // records a checkpoint covers are durable before it is signed and a restart rebuilds the
+    // same tree from them, so a checkpoint lost to a power cut is signed again (Ed25519 is
+    // deterministic: the same bytes) and never contradicted.
+    fn write_unwritten(&mut self) {
+        self.written_at = Instant::now();
+        if self.unwritten.is_empty() {
+            return;
+        }
+        match io::Write::write_all(&mut self.file, self.unwritten.as_bytes()) {
             Ok(()) => {
-                self.signed_size = size;
-                if let Ok(mut slot) = self.latest.write() {
-                    *slot = Some(Arc::from(note));
-                }
+                self.file_len += self.unwritten.len() as u64;
+                self.unwritten.clear();
             }
             Err(e) => {
                 tracing::error!(
                     path = %self.path.display(),
-                    size,
+                    bytes = self.unwritten.len(),
                     error = %e,
-                    "cannot append a checkpoint; retried at the next interval"
+                    "cannot append checkpoints to the file; retried in a second"
                 );
                 let _ = self.file.set_len(self.file_len);
             }
         }
     }
+}
 
-    fn append(&mut self, note: &str) -> io::Result<()> {
-        io::Write::write_all(&mut self.file, note.as_bytes())?;
-        if self.sync {
-            self.file.sync_data()?;
+/// What the writer tells the tree thread.
+enum Update {
+    /// The lines of a batch just written (whole records, each ending in `\n`), and how many
+    /// records of the chain are durable now.
+    Written { lines: Vec<u8>, durable: u64 },
+    /// More records became durable: an interval sync, a rotation's sync, shutdown.
+    Durable(u64),
+    /// The writer rolled to a fresh active file: a handle to it, if one could be had.
+    Rotated(Option<File>),
+}
+
+/// The writer's end of the tree thread.
+pub(super) struct TreeFeed {
+    updates: Option<flume::Sender<Update>>,
+    /// Buffers the tree thread is done with.
+    spare: flume::Receiver<Vec<u8>>,
+    thread: Option<JoinHandle<()>>,
+    /// The durable count the tree thread was last told.
+    told: u64,
+    /// The tree thread syncs the active file itself, so it needs each new one.
+    wants_active_file: bool,
+    path: PathBuf,
+}
+
+impl TreeFeed {
+    /// Starts the tree thread on `state` (fresh from [`open`]).
+    pub fn spawn(state: TreeState) -> Result<TreeFeed, AuditError> {
+        let (updates, rx) = flume::bounded(FEED_DEPTH);
+        let (spare_tx, spare) = flume::bounded(FEED_DEPTH);
+        let told = state.range.size();
+        let wants_active_file = !matches!(state.durability, Durability::Writer);
+        let path = state.path.clone();
+        let thread = std::thread::Builder::new()
+            .name("ecl-audit-tree".into())
+            .spawn(move || state.run(rx, spare_tx))
+            .map_err(AuditError::Spawn)?;
+        Ok(TreeFeed {
+            updates: Some(updates),
+            spare,
+            thread: Some(thread),
+            told,
+            wants_active_file,
+            path,
+        })
+    }
+
+    /// Tells the tree thread about the fresh active file after a rotation.
+    pub fn rotated(&mut self, fresh: &File) {
+        if self.wants_active_file {
+            let handle = fresh
+                .try_clone()
+                .inspect_err(|e| {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot hand the fresh audit file to the tree thread; no checkpoints until the next rotation")
+                })
+                .ok();
+            self.send(Update::Rotated(handle));
         }
-        self.file_len += note.len() as u64;
-        Ok(())
+    }
+
+    /// Takes the lines of a batch that was written (the writer's batch buffer, which it swaps
+    /// for an empty spent one: no copy), with the durable count after it. Waits when the tree
+    /// thread is [`FEED_DEPTH`] batches behind.
+    pub fn written(&mut self, lines: &mut Vec<u8>, durable: u64) {
+        let mut spare = self.spare.try_recv().unwrap_or_default();
+        spare.clear();
+        let lines = std::mem::replace(lines, spare);
+        self.send(Update::Written { lines, durable });
+        self.told = durable;
+    }
+
+    /// Tells the tree thread that more records are durable; nothing when it knows already.
+    pub fn durable(&mut self, durable: u64) {
+        if durable > self.told {
+            self.send(Update::Durable(durable));
+            self.told = durable;
+        }
+    }
+
+    fn send(&mut self, update: Update) {
+        let gone = self
+            .updates
+            .as_ref()
+            .is_some_and(|tx| tx.send(update).is_err());
+        if gone {
+            // Only a panic ends the thread early; the records are safe, checkpoints stop.
+            tracing::error!(
+                path = %self.path.display(),
+                "the audit tree thread is gone; no more checkpoints are signed until a restart"
+            );
+            self.updates = None;
+        }
+    }
+
+    /// Tells the final durable count, lets the thread sign its last checkpoint, and waits for it.
+    pub fn finish(mut self, durable: u64) {
+        self.durable(durable);
+    }
+}
+
+impl Drop for TreeFeed {
+    fn drop(&mut self) {
+        // Hanging up is the thread's signal to sign once more and stop.
+        self.updates = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the audit tree thread panicked");
+            }
+        }
     }
 }

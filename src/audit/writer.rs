@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use super::recover::{sync_dir, Tail};
-use super::tree::TreeState;
+use super::tree::TreeFeed;
 use super::{record, segment, AuditError, HealthState, Receipt, SyncMode};
 use crate::canonical::Map;
 
@@ -136,10 +136,8 @@ pub(super) struct Writer<S> {
     dir_unsynced: bool,
     /// While the log is failing: when to probe it next.
     next_probe: Option<Instant>,
-    /// The Merkle tree and checkpoint signer, when checkpoints are on.
-    tree: Option<TreeState>,
-    /// Leaf hashes of the batch being committed; enter the tree only once it is written.
-    leaves: Vec<crate::merkle::Hash>,
+    /// The Merkle tree's thread, when checkpoints are on.
+    tree: Option<TreeFeed>,
     /// Records written to the file (the chain's size after the last successful write).
     written: u64,
     /// Records known durable: `written` as of the last successful fdatasync (or write, in
@@ -154,11 +152,10 @@ impl<S: Sink> Writer<S> {
         cfg: Config,
         tail: Tail,
         health: Arc<HealthState>,
-        tree: Option<TreeState>,
+        tree: Option<TreeFeed>,
     ) -> Self {
         Writer {
             tree,
-            leaves: Vec::new(),
             written: tail.next_seq,
             durable: tail.next_seq,
             sink,
@@ -202,39 +199,26 @@ impl<S: Sink> Writer<S> {
         if self.unsynced || (self.cfg.sync == SyncMode::Never && self.cfg.regular) {
             self.sync_idle();
         }
-        self.checkpoint(true);
-    }
-
-    /// Signs a checkpoint when one is due (or `force`d) and every record in the tree is durable.
-    fn checkpoint(&mut self, force: bool) {
-        let durable = self.durable;
-        if let Some(tree) = self.tree.as_mut().filter(|t| t.range.size() == durable) {
-            tree.maybe_sign(force);
+        if let Some(tree) = self.tree.take() {
+            tree.finish(self.durable);
         }
     }
 
-    /// When the idle writer must sign a checkpoint; only once the tree is durable, so that the
-    /// timer never fires for nothing (the interval sync comes first and makes it durable).
-    fn checkpoint_due(&self) -> Option<Instant> {
-        self.tree
-            .as_ref()
-            .filter(|t| t.range.size() == self.durable)
-            .and_then(TreeState::due)
+    /// Tells the tree thread when a sync outside a batch made more records durable.
+    fn tell_durable(&mut self) {
+        if let Some(tree) = &mut self.tree {
+            tree.durable(self.durable);
+        }
     }
 
     /// Waits for the next record; meanwhile does what falls due: the interval mode's sync, the
     /// failing log's probe, the age-based rotation.
     fn next(&mut self, rx: &flume::Receiver<Pending>) -> Option<Pending> {
         loop {
-            let deadline = [
-                self.sync_due(),
-                self.probe_due(),
-                self.rotation_due(),
-                self.checkpoint_due(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = [self.sync_due(), self.probe_due(), self.rotation_due()]
+                .into_iter()
+                .flatten()
+                .min();
             let Some(deadline) = deadline else {
                 return rx.recv().ok();
             };
@@ -302,8 +286,7 @@ impl<S: Sink> Writer<S> {
         if self.rotation_due().is_some_and(|t| t <= now) {
             self.rotate();
         }
-        // Also after an interval sync made a full `checkpoint_every` durable.
-        self.checkpoint(false);
+        self.tell_durable();
     }
 
     /// Chains, writes, syncs and answers one batch; empties `batch`.
@@ -313,17 +296,9 @@ impl<S: Sink> Writer<S> {
         let mut prev_hash = self.prev_hash.clone();
         let mut answers = Vec::with_capacity(batch.len());
         self.buf.clear();
-        self.leaves.clear();
-        let tree = self.tree.is_some();
         for pending in batch.drain(..) {
-            let start = self.buf.len();
             let record_hash =
                 record::encode(pending.record, seq, &prev_hash, &logged_at, &mut self.buf);
-            if tree {
-                // The leaf is the line without its `\n`, exactly the bytes in the file.
-                let line = self.buf.get(start..self.buf.len() - 1).unwrap_or_default();
-                self.leaves.push(crate::merkle::leaf_hash(line));
-            }
             let receipt = Receipt {
                 stream: self.cfg.stream.clone(),
                 seq,
@@ -339,11 +314,6 @@ impl<S: Sink> Writer<S> {
                 self.offset += self.buf.len() as u64;
                 self.next_seq = seq;
                 self.prev_hash = prev_hash;
-                if let Some(tree) = &mut self.tree {
-                    for leaf in &self.leaves {
-                        tree.range.append(*leaf);
-                    }
-                }
                 self.recovered();
                 if let Some(observer) = &self.cfg.observer {
                     observer.batch_committed(answers.len());
@@ -352,8 +322,10 @@ impl<S: Sink> Writer<S> {
                     // The requester may have gone away; its record is written all the same.
                     let _ = reply.send(Ok(receipt));
                 }
-                // After the answers: a signature must not delay the decisions it covers.
-                self.checkpoint(false);
+                // After the answers: the tree must not delay the decisions it covers.
+                if let Some(tree) = &mut self.tree {
+                    tree.written(&mut self.buf, self.durable);
+                }
             }
             Err(e) => {
                 tracing::error!(
@@ -397,7 +369,8 @@ impl<S: Sink> Writer<S> {
                 Ok(())
             }
             SyncMode::Never => {
-                // Never mode promises no durability; checkpoints cover what reached the OS.
+                // The writer never waits for the disk here; the tree thread syncs the file
+                // itself before a checkpoint covers these records (`Durability::BeforeSigning`).
                 self.durable = self.written;
                 Ok(())
             }
@@ -516,6 +489,8 @@ impl<S: Sink> Writer<S> {
                 );
             }
         }
+        // The segment is synced before it is rolled, even when the roll itself fails.
+        self.tell_durable();
     }
 
     fn try_rotate(&mut self) -> Result<PathBuf, RotateError> {
@@ -572,6 +547,9 @@ impl<S: Sink> Writer<S> {
             return Err(RotateError::new("cannot rename the next file", &path, e));
         }
         // The active name now points at the fresh file; the old one lives on as `rolled`.
+        if let Some(tree) = &mut self.tree {
+            tree.rotated(&fresh);
+        }
         self.sink = (self.wrap)(fresh);
         self.offset = 0;
         self.file_first_seq = self.next_seq;
