@@ -9,8 +9,11 @@
 //! `SHA-256(0x00 ‖ leaf)`, node hash `SHA-256(0x01 ‖ left ‖ right)`, empty tree `SHA-256("")`.
 //!
 //! - [`CompactRange`]: the writer's incremental state, O(log n) hashes.
-//! - [`root`], [`inclusion_proof`], [`consistency_proof`]: computed from a slice of leaf hashes
-//!   (the CLI streams a log's leaf hashes into memory: 32 bytes per record).
+//! - [`inclusion_ranges`], [`consistency_ranges`]: which subtrees' roots make up a proof;
+//!   [`SubtreeRoots`] computes them in one pass over a log's leaves, in O(log n) memory, so the
+//!   CLI proves a record of a log of any length without holding its leaves.
+//! - [`root`], [`inclusion_proof`], [`consistency_proof`]: the same from a slice of leaf hashes
+//!   (tests and vectors).
 //! - [`verify_inclusion`], [`verify_consistency`]: the RFC 9162 §2.1.3.2 and §2.1.4.2
 //!   algorithms, which must reject every malformed proof (the transparency-dev vectors).
 //!
@@ -103,7 +106,7 @@ impl CompactRange {
 }
 
 /// Largest power of two strictly below `n` (`n >= 2`).
-fn split(n: usize) -> usize {
+fn split(n: u64) -> u64 {
     let mut k = 1;
     while k << 1 < n {
         k <<= 1;
@@ -113,72 +116,128 @@ fn split(n: usize) -> usize {
 
 /// MTH(D[n]) over leaf hashes.
 pub fn root(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => empty_root(),
-        1 => leaves[0],
-        n => {
-            let k = split(n);
-            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+    let mut range = CompactRange::new();
+    for leaf in leaves {
+        range.append(*leaf);
+    }
+    range.root()
+}
+
+/// Leaves `[start, end)`: a subtree whose root is one hash of a proof.
+pub type LeafRange = std::ops::Range<u64>;
+
+/// The subtrees whose roots are PATH(index, D[size]), in proof order; `None` when `index` is
+/// not in the tree.
+pub fn inclusion_ranges(index: u64, size: u64) -> Option<Vec<LeafRange>> {
+    if index >= size {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    path(index, 0..size, &mut ranges);
+    Some(ranges)
+}
+
+fn path(m: u64, tree: LeafRange, ranges: &mut Vec<LeafRange>) {
+    let n = tree.end - tree.start;
+    if n <= 1 {
+        return;
+    }
+    let mid = tree.start + split(n);
+    if tree.start + m < mid {
+        path(m, tree.start..mid, ranges);
+        ranges.push(mid..tree.end);
+    } else {
+        path(tree.start + m - mid, mid..tree.end, ranges);
+        ranges.push(tree.start..mid);
+    }
+}
+
+/// The subtrees whose roots are PROOF(old_size, D[size]), in proof order; `None` when
+/// `old_size` exceeds `size`. Empty for `old_size` 0 or `size`.
+pub fn consistency_ranges(old_size: u64, size: u64) -> Option<Vec<LeafRange>> {
+    if old_size > size {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    if old_size > 0 && old_size < size {
+        subproof(old_size, 0..size, true, &mut ranges);
+    }
+    Some(ranges)
+}
+
+fn subproof(m: u64, tree: LeafRange, complete: bool, ranges: &mut Vec<LeafRange>) {
+    let n = tree.end - tree.start;
+    if m == n {
+        if !complete {
+            ranges.push(tree);
+        }
+        return;
+    }
+    let mid = tree.start + split(n);
+    if tree.start + m <= mid {
+        subproof(m, tree.start..mid, complete, ranges);
+        ranges.push(mid..tree.end);
+    } else {
+        subproof(tree.start + m - mid, mid..tree.end, false, ranges);
+        ranges.push(tree.start..mid);
+    }
+}
+
+/// The roots of given disjoint subtrees, from one pass over the leaves in order: O(log n)
+/// hashes per subtree, whatever the tree's size.
+#[derive(Debug)]
+pub struct SubtreeRoots {
+    subtrees: Vec<(LeafRange, CompactRange)>,
+    next: u64,
+}
+
+impl SubtreeRoots {
+    pub fn new(ranges: Vec<LeafRange>) -> Self {
+        SubtreeRoots {
+            subtrees: ranges
+                .into_iter()
+                .map(|r| (r, CompactRange::new()))
+                .collect(),
+            next: 0,
         }
     }
+
+    /// Takes the next leaf (the first call is leaf 0).
+    pub fn push(&mut self, leaf: Hash) {
+        let index = self.next;
+        self.next += 1;
+        if let Some((_, range)) = self.subtrees.iter_mut().find(|(r, _)| r.contains(&index)) {
+            range.append(leaf);
+        }
+    }
+
+    /// The roots in the order the ranges were given; `None` when a range was not fed whole
+    /// (the leaves ran out).
+    pub fn finish(self) -> Option<Vec<Hash>> {
+        self.subtrees
+            .into_iter()
+            .map(|(r, range)| (range.size() == r.end - r.start).then(|| range.root()))
+            .collect()
+    }
+}
+
+fn roots_of(ranges: Vec<LeafRange>, leaves: &[Hash]) -> Option<Vec<Hash>> {
+    let mut roots = SubtreeRoots::new(ranges);
+    for leaf in leaves {
+        roots.push(*leaf);
+    }
+    roots.finish()
 }
 
 /// PATH(m, D[n]): the audit path of leaf `index`, or `None` when it is not in the tree.
 pub fn inclusion_proof(index: u64, leaves: &[Hash]) -> Option<Vec<Hash>> {
-    let index = usize::try_from(index).ok()?;
-    if index >= leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    path(index, leaves, &mut proof);
-    Some(proof)
-}
-
-fn path(m: usize, leaves: &[Hash], proof: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if n <= 1 {
-        return;
-    }
-    let k = split(n);
-    if m < k {
-        path(m, &leaves[..k], proof);
-        proof.push(root(&leaves[k..]));
-    } else {
-        path(m - k, &leaves[k..], proof);
-        proof.push(root(&leaves[..k]));
-    }
+    roots_of(inclusion_ranges(index, leaves.len() as u64)?, leaves)
 }
 
 /// PROOF(m, D[n]): that the tree of the first `old_size` leaves is a prefix of the tree of all
 /// `leaves`; `None` when `old_size` exceeds the tree. Empty for `old_size` 0 or `n`.
 pub fn consistency_proof(old_size: u64, leaves: &[Hash]) -> Option<Vec<Hash>> {
-    let m = usize::try_from(old_size).ok()?;
-    if m > leaves.len() {
-        return None;
-    }
-    let mut proof = Vec::new();
-    if m > 0 && m < leaves.len() {
-        subproof(m, leaves, true, &mut proof);
-    }
-    Some(proof)
-}
-
-fn subproof(m: usize, leaves: &[Hash], complete: bool, proof: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if m == n {
-        if !complete {
-            proof.push(root(leaves));
-        }
-        return;
-    }
-    let k = split(n);
-    if m <= k {
-        subproof(m, &leaves[..k], complete, proof);
-        proof.push(root(&leaves[k..]));
-    } else {
-        subproof(m - k, &leaves[k..], false, proof);
-        proof.push(root(&leaves[..k]));
-    }
+    roots_of(consistency_ranges(old_size, leaves.len() as u64)?, leaves)
 }
 
 /// Why a proof does not verify.

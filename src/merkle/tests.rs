@@ -154,15 +154,25 @@ fn every_consistency_vector_verifies_or_is_rejected_as_it_should() {
     assert_eq!((accepted, rejected), (6, 92), "consistency case counts");
 }
 
+/// MTH(D[n]) exactly as RFC 6962 §2.1 writes it, to hold the incremental code against.
+fn mth(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split(n as u64) as usize;
+            node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}
+
 #[test]
 fn generated_proofs_verify_for_every_size_up_to_40() {
     let leaves: Vec<Hash> = (0u32..40).map(|i| leaf_hash(&i.to_be_bytes())).collect();
     for n in 0..=leaves.len() {
         let tree = &leaves[..n];
-        let r = root(tree);
-        let mut range = CompactRange::new();
-        tree.iter().for_each(|l| range.append(*l));
-        assert_eq!(range.root(), r, "size {n}");
+        let r = mth(tree);
+        assert_eq!(root(tree), r, "size {n}");
         for (i, leaf) in tree.iter().enumerate() {
             let p = inclusion_proof(i as u64, tree).unwrap();
             verify_inclusion(i as u64, n as u64, leaf, &p, &r).unwrap();
@@ -184,4 +194,20 @@ fn generated_proofs_verify_for_every_size_up_to_40() {
             }
         }
     }
+}
+
+#[test]
+fn subtree_roots_are_none_when_the_leaves_run_out() {
+    let leaves: Vec<Hash> = (0u32..7).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+    let mut roots = SubtreeRoots::new(inclusion_ranges(2, 8).unwrap());
+    leaves.iter().for_each(|l| roots.push(*l));
+    assert_eq!(
+        roots.finish(),
+        None,
+        "leaf 7 is missing from the subtree 4..8"
+    );
+
+    let mut roots = SubtreeRoots::new(inclusion_ranges(2, 7).unwrap());
+    leaves.iter().for_each(|l| roots.push(*l));
+    assert_eq!(roots.finish(), inclusion_proof(2, &leaves));
 }

@@ -2,9 +2,12 @@
 //! making and checking inclusion and consistency proofs (issue 9).
 //!
 //! Every command first verifies the hash chain (so an edited or moved record is named by file,
-//! line and seq), then reads the chain's leaf hashes into memory (32 bytes per record) and
-//! compares trees. Each returns the text to print, or an error naming what failed and where.
+//! line and seq), then reads the chain's leaves once more, keeping only what it needs: the
+//! tree's roots at the checkpoints' sizes and the roots of a proof's subtrees, O(log n) hashes
+//! however long the log. Each returns the text to print, or an error naming what failed and
+//! where.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
@@ -13,15 +16,15 @@ use crate::audit::tree::{checkpoints_path, for_each_leaf};
 use crate::audit::verify_paths;
 use crate::checkpoint::{parse_note, parse_verifier, split_notes, verify_checkpoint, Checkpoint};
 use crate::merkle::{
-    consistency_proof, hash_from_base64, inclusion_proof, leaf_hash, root, to_base64,
-    verify_consistency, verify_inclusion, Hash,
+    consistency_ranges, empty_root, hash_from_base64, inclusion_ranges, leaf_hash, to_base64,
+    verify_consistency, verify_inclusion, CompactRange, Hash, LeafRange, SubtreeRoots,
 };
 
 /// First line of an inclusion proof.
 const PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
 
-/// The one chain among `paths`, verified, with its leaf hashes and active file's name.
-fn chain_leaves(paths: &[PathBuf]) -> Result<(PathBuf, Vec<Hash>), String> {
+/// The one chain among `paths`, verified: its active file's name and its files, oldest first.
+fn verified_chain(paths: &[PathBuf]) -> Result<(PathBuf, Vec<PathBuf>), String> {
     let verification = verify_paths(paths).map_err(|f| f.to_string())?;
     let [chain] = verification.chains.as_slice() else {
         return Err(format!(
@@ -33,9 +36,40 @@ fn chain_leaves(paths: &[PathBuf]) -> Result<(PathBuf, Vec<Hash>), String> {
         .result
         .as_ref()
         .map_err(|f| format!("the hash chain is broken at {f}"))?;
-    let mut leaves = Vec::new();
-    for_each_leaf(&chain.files, |h| leaves.push(h)).map_err(|e| e.to_string())?;
-    Ok((chain.name.clone(), leaves))
+    Ok((chain.name.clone(), chain.files.clone()))
+}
+
+/// What one pass over a chain's leaves found.
+struct Scan {
+    /// Records in the chain.
+    size: u64,
+    /// The tree's root at each asked-for size the chain reaches.
+    roots: BTreeMap<u64, Hash>,
+    /// The roots of the asked-for subtrees; `None` when the chain ends inside one.
+    subtrees: Option<Vec<Hash>>,
+}
+
+fn scan(files: &[PathBuf], sizes: &[u64], subtrees: Vec<LeafRange>) -> Result<Scan, String> {
+    let wanted: BTreeSet<u64> = sizes.iter().copied().collect();
+    let mut roots = BTreeMap::new();
+    if wanted.contains(&0) {
+        roots.insert(0, empty_root());
+    }
+    let mut tree = CompactRange::new();
+    let mut subtrees = SubtreeRoots::new(subtrees);
+    for_each_leaf(files, |leaf| {
+        tree.append(leaf);
+        subtrees.push(leaf);
+        if wanted.contains(&tree.size()) {
+            roots.insert(tree.size(), tree.root());
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Scan {
+        size: tree.size(),
+        roots,
+        subtrees: subtrees.finish(),
+    })
 }
 
 fn read(path: &Path, what: &str) -> Result<String, String> {
@@ -72,8 +106,8 @@ fn notes(path: &Path) -> Result<Vec<String>, String> {
 
 /// Checks the log's tree at `cp.size` against `cp.root`; `matched` is the largest size an
 /// earlier checkpoint matched at, to say where a rewrite happened.
-fn check_tree(leaves: &[Hash], cp: &Checkpoint, matched: Option<u64>) -> Result<(), String> {
-    let n = leaves.len() as u64;
+fn check_tree(scan: &Scan, cp: &Checkpoint, matched: Option<u64>) -> Result<(), String> {
+    let n = scan.size;
     if n < cp.size {
         return Err(format!(
             "log holds {n} records, checkpoint covers {}: truncated (seq {n}..={} missing)",
@@ -81,8 +115,7 @@ fn check_tree(leaves: &[Hash], cp: &Checkpoint, matched: Option<u64>) -> Result<
             cp.size - 1
         ));
     }
-    let size = usize::try_from(cp.size).map_err(|_| "checkpoint size too large".to_owned())?;
-    if root(&leaves[..size]) != cp.root {
+    if scan.roots.get(&cp.size) != Some(&cp.root) {
         let from = matched.map_or(0, |m| m);
         return Err(format!(
             "the log's first {} records do not have the checkpoint's root: records were rewritten or reordered in seq {from}..={}",
@@ -96,13 +129,21 @@ fn check_tree(leaves: &[Hash], cp: &Checkpoint, matched: Option<u64>) -> Result<
 pub fn verify_against(paths: &[PathBuf], cp_path: &Path, key: &str) -> Result<String, String> {
     let key = load_key(key)?;
     let notes = notes(cp_path)?;
-    let (name, leaves) = chain_leaves(paths)?;
+    let (name, files) = verified_chain(paths)?;
+    let checkpoints = notes
+        .iter()
+        .enumerate()
+        .map(|(i, note)| {
+            verify_checkpoint(note, &key)
+                .map_err(|e| format!("checkpoint {} of `{}`: {e}", i + 1, cp_path.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sizes: Vec<u64> = checkpoints.iter().map(|cp| cp.size).collect();
+    let scan = scan(&files, &sizes, Vec::new())?;
     let mut matched: Option<u64> = None;
     let mut newest = None;
-    for (i, note) in notes.iter().enumerate() {
-        let cp = verify_checkpoint(note, &key)
-            .map_err(|e| format!("checkpoint {} of `{}`: {e}", i + 1, cp_path.display()))?;
-        check_tree(&leaves, &cp, matched).map_err(|e| {
+    for (i, cp) in checkpoints.into_iter().enumerate() {
+        check_tree(&scan, &cp, matched).map_err(|e| {
             format!(
                 "`{}` against checkpoint {} of `{}` (size {}): {e}",
                 name.display(),
@@ -118,29 +159,30 @@ pub fn verify_against(paths: &[PathBuf], cp_path: &Path, key: &str) -> Result<St
     Ok(format!(
         "ok: `{}`: {} records; the tree at size {} has the root of checkpoint `{}` ({} checkpoint(s) checked, signatures valid); {} record(s) after it are not covered yet\n",
         name.display(),
-        leaves.len(),
+        scan.size,
         cp.size,
         cp.origin,
         notes.len(),
-        leaves.len() as u64 - cp.size
+        scan.size - cp.size
     ))
 }
 
 pub fn prove(paths: &[PathBuf], seq: u64, cp_path: Option<&Path>) -> Result<String, String> {
-    let (name, leaves) = chain_leaves(paths)?;
+    let (name, files) = verified_chain(paths)?;
     let cp_path = cp_path.map_or_else(|| checkpoints_path(&name), Path::to_path_buf);
     let note = notes(&cp_path)?.pop().ok_or("no checkpoint")?;
     let cp = Checkpoint::parse_body(parse_note(&note)?.body)
         .map_err(|e| format!("`{}`: {e}", cp_path.display()))?;
-    check_tree(&leaves, &cp, None)?;
-    let size = usize::try_from(cp.size).map_err(|_| "checkpoint size too large".to_owned())?;
+    let subtrees = inclusion_ranges(seq, cp.size).unwrap_or_default();
+    let scan = scan(&files, &[cp.size], subtrees)?;
+    check_tree(&scan, &cp, None)?;
     if seq >= cp.size {
         return Err(format!(
             "seq {seq} is not covered by the checkpoint (size {}): wait for the next one",
             cp.size
         ));
     }
-    let path = inclusion_proof(seq, &leaves[..size]).ok_or("seq outside the tree")?;
+    let path = scan.subtrees.ok_or("seq outside the tree")?;
     let mut out = format!("{PROOF_HEADER}\nindex {seq}\n");
     for hash in path {
         out.push_str(&to_base64(&hash));
@@ -233,10 +275,11 @@ pub fn consistency(
             old_cp.size, new_cp.size
         ));
     }
-    let (_, leaves) = chain_leaves(paths)?;
-    check_tree(&leaves, &new_cp, None).map_err(|e| format!("against the new checkpoint: {e}"))?;
-    let size = usize::try_from(new_cp.size).map_err(|_| "checkpoint size too large".to_owned())?;
-    let proof = consistency_proof(old_cp.size, &leaves[..size]).ok_or("sizes outside the tree")?;
+    let (_, files) = verified_chain(paths)?;
+    let subtrees = consistency_ranges(old_cp.size, new_cp.size).ok_or("sizes outside the tree")?;
+    let scan = scan(&files, &[new_cp.size], subtrees)?;
+    check_tree(&scan, &new_cp, None).map_err(|e| format!("against the new checkpoint: {e}"))?;
+    let proof = scan.subtrees.ok_or("sizes outside the tree")?;
     let mut out = format!(
         "consistency proof from size {} to size {}:\n",
         old_cp.size, new_cp.size
