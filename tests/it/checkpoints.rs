@@ -84,6 +84,29 @@ fn serve_and_stop(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     (dir.join(format!("logs/gate-{}.log", child.id())), pinned)
 }
 
+/// What an attacker with write access to the log does after editing records: recomputes every
+/// `prev_hash` and `record_hash` (SPEC §8) so that the chain verifies again.
+fn rechain(lines: &[String]) -> Vec<String> {
+    let mut prev = "sha256:GENESIS".to_owned();
+    lines
+        .iter()
+        .map(|line| {
+            let canonical::Value::Object(mut record) = canonical::parse(line.as_bytes()).unwrap()
+            else {
+                panic!("a record is an object: {line}")
+            };
+            let integrity = |prev: &str, hash: &str| {
+                canonical::Value::object([("prev_hash", prev.into()), ("record_hash", hash.into())])
+            };
+            record.insert("integrity".into(), integrity(&prev, ""));
+            let hash = canonical::hash(&canonical::Value::Object(record.clone()));
+            record.insert("integrity".into(), integrity(&prev, &hash));
+            prev = hash;
+            String::from_utf8(canonical::to_canonical(&canonical::Value::Object(record))).unwrap()
+        })
+        .collect()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -258,6 +281,35 @@ fn an_auditor_proves_inclusion_and_consistency_and_detects_tampering() {
         dir,
     );
     assert!(err.contains("`swap/a.log` line 2 (seq 2)"), "{err}");
+
+    // Rewriting a record and recomputing every hash after it: the chain alone is fooled, the
+    // checkpoints are not, and the first one that no longer matches says from where.
+    std::fs::create_dir(dir.join("rechain")).unwrap();
+    let mut forged = lines.clone();
+    forged[3] = forged[3].replace("cp-3", "cp-Z");
+    std::fs::write(
+        dir.join("rechain/a.log"),
+        format!("{}\n", rechain(&forged).join("\n")),
+    )
+    .unwrap();
+    ok(&["audit", "verify", "rechain/a.log"], dir);
+    let err = fails(
+        &[
+            "audit",
+            "verify",
+            "rechain/a.log",
+            "--checkpoint",
+            s(&cps),
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(
+        err.contains("against checkpoint 2 of")
+            && err.contains("records were rewritten or reordered in seq 3..=5"),
+        "{err}"
+    );
 
     // A checkpoint checked with another key is refused.
     ok(&["keygen", "--out", "other", "--kid", "x"], dir);
