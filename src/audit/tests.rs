@@ -41,6 +41,61 @@ pub(super) fn record(i: u64) -> Map {
     m
 }
 
+/// A decision record shaped like the gate's: ~900 bytes once chained (four 71-byte hashes),
+/// ~600 when `small` (a DENY without `approved_call`, `runtime`, `record_type`).
+pub(super) fn gate_shaped_record(i: u64, small: bool) -> Map {
+    let h = |tag: &str| format!("sha256:{:064x}", u128::from(i) * 7919 + tag.len() as u128);
+    let Value::Object(mut m) = Value::object([
+        (
+            "approved_call",
+            Value::object([
+                ("tool_name", "email.send".into()),
+                (
+                    "tool_args",
+                    Value::object([
+                        ("to", format!("user{i}@example.com").into()),
+                        ("subject", "Quarterly report for the finance team".into()),
+                    ]),
+                ),
+            ]),
+        ),
+        ("decision_type", "ALLOW".into()),
+        ("profile_id", "example".into()),
+        ("profile_ref_hash", h("p").into()),
+        ("profile_version", "1.0.0".into()),
+        ("provenance_id", format!("prov_{i:032x}").into()),
+        ("reason_code", "OK".into()),
+        ("record_type", "decision".into()),
+        ("request_hash", h("request").into()),
+        ("request_id", format!("req-{i:012}").into()),
+        (
+            "runtime",
+            Value::object([
+                ("build", "local".into()),
+                ("name", "ecl-gate".into()),
+                ("version", "0.1.0".into()),
+            ]),
+        ),
+        (
+            "timestamps",
+            Value::object([
+                ("decided_at", "2024-05-01T12:00:00.000123Z".into()),
+                ("received_at", "2024-05-01T12:00:00.000100Z".into()),
+            ]),
+        ),
+    ]) else {
+        unreachable!()
+    };
+    if small {
+        m.remove("runtime");
+        m.remove("record_type");
+        m.insert("approved_call".into(), Value::Null);
+        m.insert("decision_type".into(), "DENY".into());
+        m.insert("reason_code".into(), "TOOL_NOT_ALLOWED".into());
+    }
+    m
+}
+
 pub(super) fn lines(path: &Path) -> Vec<String> {
     fs::read_to_string(path)
         .unwrap()

@@ -84,6 +84,30 @@ fn serve_and_stop(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     (dir.join(format!("logs/gate-{}.log", child.id())), pinned)
 }
 
+/// Writes `lines` as the log `NAME/a.log` under `dir`; returns that relative path.
+fn write_log(dir: &Path, name: &str, lines: &[String]) -> String {
+    std::fs::create_dir(dir.join(name)).unwrap();
+    let log = format!("{name}/a.log");
+    std::fs::write(dir.join(&log), format!("{}\n", lines.join("\n"))).unwrap();
+    log
+}
+
+/// `audit verify LOG --checkpoint CP --pubkey KEY`, which must fail: what it said.
+fn refused_against(dir: &Path, log: &str, checkpoint: &str, key: &str) -> String {
+    fails(
+        &[
+            "audit",
+            "verify",
+            log,
+            "--checkpoint",
+            checkpoint,
+            "--pubkey",
+            key,
+        ],
+        dir,
+    )
+}
+
 /// What an attacker with write access to the log does after editing records: recomputes every
 /// `prev_hash` and `record_hash` (SPEC §8) so that the chain verifies again.
 fn rechain(lines: &[String]) -> Vec<String> {
@@ -220,91 +244,33 @@ fn an_auditor_proves_inclusion_and_consistency_and_detects_tampering() {
     );
 
     // Truncating the last record: the chain still verifies, the checkpoint does not.
-    std::fs::create_dir(dir.join("cut")).unwrap();
-    std::fs::write(
-        dir.join("cut/a.log"),
-        format!("{}\n", lines[..6].join("\n")),
-    )
-    .unwrap();
-    ok(&["audit", "verify", "cut/a.log"], dir);
-    let err = fails(
-        &[
-            "audit",
-            "verify",
-            "cut/a.log",
-            "--checkpoint",
-            "newest.cp",
-            "--pubkey",
-            key,
-        ],
-        dir,
-    );
+    let cut = write_log(dir, "cut", &lines[..6]);
+    ok(&["audit", "verify", &cut], dir);
+    let err = refused_against(dir, &cut, "newest.cp", key);
     assert!(
         err.contains("log holds 6 records, checkpoint covers 7: truncated (seq 6..=6 missing)"),
         "{err}"
     );
 
     // Editing a middle record: named by file, line and seq.
-    std::fs::create_dir(dir.join("edit")).unwrap();
     let mut edited = lines.clone();
     edited[3] = edited[3].replace("cp-3", "cp-Z");
-    std::fs::write(dir.join("edit/a.log"), format!("{}\n", edited.join("\n"))).unwrap();
-    let err = fails(
-        &[
-            "audit",
-            "verify",
-            "edit/a.log",
-            "--checkpoint",
-            "newest.cp",
-            "--pubkey",
-            key,
-        ],
-        dir,
-    );
+    let edit = write_log(dir, "edit", &edited);
+    let err = refused_against(dir, &edit, "newest.cp", key);
     assert!(err.contains("`edit/a.log` line 4 (seq 3)"), "{err}");
 
     // Swapping two records: named too.
-    std::fs::create_dir(dir.join("swap")).unwrap();
     let mut swapped = lines.clone();
     swapped.swap(1, 2);
-    std::fs::write(dir.join("swap/a.log"), format!("{}\n", swapped.join("\n"))).unwrap();
-    let err = fails(
-        &[
-            "audit",
-            "verify",
-            "swap/a.log",
-            "--checkpoint",
-            "newest.cp",
-            "--pubkey",
-            key,
-        ],
-        dir,
-    );
+    let swap = write_log(dir, "swap", &swapped);
+    let err = refused_against(dir, &swap, "newest.cp", key);
     assert!(err.contains("`swap/a.log` line 2 (seq 2)"), "{err}");
 
     // Rewriting a record and recomputing every hash after it: the chain alone is fooled, the
     // checkpoints are not, and the first one that no longer matches says from where.
-    std::fs::create_dir(dir.join("rechain")).unwrap();
-    let mut forged = lines.clone();
-    forged[3] = forged[3].replace("cp-3", "cp-Z");
-    std::fs::write(
-        dir.join("rechain/a.log"),
-        format!("{}\n", rechain(&forged).join("\n")),
-    )
-    .unwrap();
-    ok(&["audit", "verify", "rechain/a.log"], dir);
-    let err = fails(
-        &[
-            "audit",
-            "verify",
-            "rechain/a.log",
-            "--checkpoint",
-            s(&cps),
-            "--pubkey",
-            key,
-        ],
-        dir,
-    );
+    let forged = write_log(dir, "rechain", &rechain(&edited));
+    ok(&["audit", "verify", &forged], dir);
+    let err = refused_against(dir, &forged, s(&cps), key);
     assert!(
         err.contains("against checkpoint 2 of")
             && err.contains("records were rewritten or reordered in seq 3..=5"),
@@ -313,18 +279,7 @@ fn an_auditor_proves_inclusion_and_consistency_and_detects_tampering() {
 
     // A checkpoint checked with another key is refused.
     ok(&["keygen", "--out", "other", "--kid", "x"], dir);
-    let err = fails(
-        &[
-            "audit",
-            "verify",
-            s(&log),
-            "--checkpoint",
-            "newest.cp",
-            "--pubkey",
-            "other/x.pub",
-        ],
-        dir,
-    );
+    let err = refused_against(dir, s(&log), "newest.cp", "other/x.pub");
     assert!(err.contains("not signed by the given key"), "{err}");
 }
 

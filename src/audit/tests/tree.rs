@@ -46,6 +46,23 @@ fn checkpoints(log: &Path) -> Vec<crate::checkpoint::Checkpoint> {
         .collect()
 }
 
+/// Every checkpoint is of this log and has the root of the tree of its size.
+fn assert_each_root_matches(
+    cps: &[crate::checkpoint::Checkpoint],
+    leaves: &[crate::merkle::Hash],
+    sync: SyncMode,
+) {
+    for cp in cps {
+        assert_eq!(cp.origin, "ecl-gate/test");
+        assert_eq!(
+            cp.root,
+            root(&leaves[..cp.size as usize]),
+            "{sync:?} size {}",
+            cp.size
+        );
+    }
+}
+
 #[test]
 fn checkpoints_cover_the_records_and_one_is_signed_at_shutdown() {
     for sync in [SyncMode::Always, SyncMode::Interval, SyncMode::Never] {
@@ -67,15 +84,7 @@ fn checkpoints_cover_the_records_and_one_is_signed_at_shutdown() {
             last.size, 10,
             "{sync:?}: the shutdown checkpoint covers everything"
         );
-        for cp in &cps {
-            assert_eq!(
-                cp.root,
-                root(&all[..cp.size as usize]),
-                "{sync:?} size {}",
-                cp.size
-            );
-            assert_eq!(cp.origin, "ecl-gate/test");
-        }
+        assert_each_root_matches(&cps, &all, sync);
         let sizes: Vec<u64> = cps.iter().map(|c| c.size).collect();
         assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
 
@@ -124,14 +133,7 @@ fn the_tree_spans_rolled_segments() {
         assert_eq!(all.len(), 60);
         let cps = checkpoints(&path);
         assert!(cps.len() >= 60 / 7, "{sync:?}: {} checkpoints", cps.len());
-        for cp in &cps {
-            assert_eq!(
-                cp.root,
-                root(&all[..cp.size as usize]),
-                "{sync:?} {}",
-                cp.size
-            );
-        }
+        assert_each_root_matches(&cps, &all, sync);
         assert_eq!(cps.last().unwrap().size, 60, "{sync:?}");
         // And a restart rebuilds it across the segments.
         let log = AuditLog::open_with(with_checkpoints(&path, sync, 7), options).unwrap();
@@ -210,53 +212,6 @@ fn a_restart_on_a_log_that_no_longer_extends_its_checkpoint_is_refused() {
     AuditLog::open(with_checkpoints(&path, SyncMode::Always, 1000)).unwrap();
 }
 
-/// A record shaped and sized like the gate's own (about 825 bytes once chained), so the
-/// leaf hash weighs what it weighs in production.
-fn gate_sized_record(i: u64) -> Map {
-    let Value::Object(m) = Value::object([
-        (
-            "approved_call",
-            Value::object([
-                (
-                    "tool_args",
-                    Value::object([("subject", "hi".into()), ("to", "bob@example.com".into())]),
-                ),
-                ("tool_name", "email.send".into()),
-            ]),
-        ),
-        ("decision_type", "ALLOW".into()),
-        ("profile_id", "example".into()),
-        (
-            "profile_ref_hash",
-            "sha256:10fda2ea0204bbec0c398923b6ccf2badd1b0098abc56faa4d132c713b51d69b".into(),
-        ),
-        ("profile_version", "1.0.0".into()),
-        ("provenance_id", format!("prov_{i:032x}").into()),
-        ("reason_code", "OK".into()),
-        ("record_type", "decision".into()),
-        ("request_hash", format!("sha256:{i:064x}").into()),
-        ("request_id", format!("req-{i}").into()),
-        (
-            "runtime",
-            Value::object([
-                ("build", "96cabd337a95".into()),
-                ("name", "ecl-gate".into()),
-                ("version", "0.1.0".into()),
-            ]),
-        ),
-        (
-            "timestamps",
-            Value::object([
-                ("decided_at", "2026-11-26T07:52:37.315015Z".into()),
-                ("received_at", "2026-11-26T07:52:37.315009Z".into()),
-            ]),
-        ),
-    ]) else {
-        unreachable!()
-    };
-    m
-}
-
 // Append throughput with the tree and checkpoints on vs the chain alone, for the report:
 // cargo test --release --lib tree_append_throughput -- --ignored --nocapture
 // BENCH_RECORDS (records per run under `never`; a fifth of it under `always`), BENCH_ROUNDS
@@ -301,7 +256,7 @@ fn tree_append_throughput() {
                         let log = log.clone();
                         tokio::spawn(async move {
                             for i in 0..per_task {
-                                log.append(gate_sized_record(t * per_task + i))
+                                log.append(gate_shaped_record(t * per_task + i, false))
                                     .await
                                     .unwrap();
                             }
