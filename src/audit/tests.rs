@@ -96,6 +96,22 @@ pub(super) fn gate_shaped_record(i: u64, small: bool) -> Map {
     m
 }
 
+/// After a refused batch or a failed probe: the file holds the `good` records acknowledged
+/// before, whole and nothing else, and the chain goes on from there.
+pub(super) fn assert_chain_goes_on(
+    log: AuditLog,
+    rt: &tokio::runtime::Runtime,
+    path: &Path,
+    good: u64,
+) {
+    assert_whole_records(path);
+    assert_eq!(lines(path).len() as u64, good);
+    let next = rt.block_on(log.append(record(good + 1))).unwrap();
+    assert_eq!(next.seq, good);
+    drop(log);
+    assert_eq!(verify_files(&[path.to_owned()]).unwrap().records, good + 1);
+}
+
 pub(super) fn lines(path: &Path) -> Vec<String> {
     fs::read_to_string(path)
         .unwrap()
@@ -589,11 +605,7 @@ fn failed_fdatasync_refuses_the_batch_and_cuts_it_off() {
         Err(AuditError::Write(_))
     ));
     // The whole batch was written, then cut off again: the sync failed, so it is not durable.
-    assert_eq!(lines(&path).len(), 2);
-    let next = rt.block_on(log.append(record(3))).unwrap();
-    assert_eq!(next.seq, 2);
-    drop(log);
-    assert_eq!(verify_files(&[path]).unwrap().records, 3);
+    assert_chain_goes_on(log, &rt, &path, 2);
 }
 
 #[test]

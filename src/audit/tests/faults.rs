@@ -53,12 +53,7 @@ fn a_write_of_nothing_refuses_the_batch_and_the_next_one_succeeds() {
         Err(AuditError::Write(e)) => assert_eq!(e.kind(), io::ErrorKind::WriteZero),
         other => panic!("expected a refused write, got {other:?}"),
     }
-    assert_whole_records(&path);
-    assert_eq!(lines(&path).len(), 2);
-    let next = rt.block_on(log.append(record(3))).unwrap();
-    assert_eq!(next.seq, 2);
-    drop(log);
-    assert_eq!(verify_files(&[path]).unwrap().records, 3);
+    assert_chain_goes_on(log, &rt, &path, 2);
 }
 
 #[test]
@@ -125,12 +120,7 @@ fn a_failing_log_recovers_without_traffic_once_the_disk_takes_writes() {
         assert!(f.writes >= 5, "the probes wrote: {} writes", f.writes);
     }
     // The probe left nothing behind: the file is the two good records, and the chain goes on.
-    assert_eq!(lines(&path).len(), 2);
-    assert_whole_records(&path);
-    let next = rt.block_on(log.append(record(3))).unwrap();
-    assert_eq!(next.seq, 2);
-    drop(log);
-    assert_eq!(verify_files(&[path]).unwrap().records, 3);
+    assert_chain_goes_on(log, &rt, &path, 2);
 }
 
 #[test]
