@@ -37,19 +37,18 @@ fn fails(args: &[&str], dir: &Path) -> String {
     err
 }
 
-/// Runs a gate that signs every 3 records, sends `n` decisions, pins the checkpoint after the
-/// first 3, stops it; returns the log, and the pinned checkpoint's file.
-fn serve_and_stop(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+/// Runs a gate that signs every 3 records (with `more` settings), sends `n` decisions, pins the
+/// checkpoint after the first 3, stops it; returns the log, and the pinned checkpoint's file.
+fn serve_and_stop(dir: &Path, n: usize, more: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     // TEST FIXTURE ONLY: a key made for this test in its temp dir.
     ok(&["keygen", "--out", "keys", "--kid", "cp"], dir);
-    let (mut child, addr, admin) = spawn_serve_with_admin(
-        dir,
-        &[
-            ("ECL_AUDIT__CHECKPOINT_KEY", "keys/cp.key"),
-            ("ECL_AUDIT__ORIGIN", "ecl-gate/it"),
-            ("ECL_AUDIT__CHECKPOINT_EVERY", "3"),
-        ],
-    );
+    let mut envs = vec![
+        ("ECL_AUDIT__CHECKPOINT_KEY", "keys/cp.key"),
+        ("ECL_AUDIT__ORIGIN", "ecl-gate/it"),
+        ("ECL_AUDIT__CHECKPOINT_EVERY", "3"),
+    ];
+    envs.extend_from_slice(more);
+    let (mut child, addr, admin) = spawn_serve_with_admin(dir, &envs);
     let pinned = dir.join("pinned.cp");
     for i in 0..n {
         let body = canonical::to_canonical(&request(
@@ -139,7 +138,7 @@ fn s(p: &Path) -> &str {
 fn an_auditor_proves_inclusion_and_consistency_and_detects_tampering() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (log, pinned) = serve_and_stop(dir, 7);
+    let (log, pinned) = serve_and_stop(dir, 7, &[]);
     let cps = PathBuf::from(format!("{}.checkpoints", s(&log)));
     let key = "keys/cp.pub";
 
@@ -281,6 +280,85 @@ fn an_auditor_proves_inclusion_and_consistency_and_detects_tampering() {
     ok(&["keygen", "--out", "other", "--kid", "x"], dir);
     let err = refused_against(dir, s(&log), "newest.cp", "other/x.pub");
     assert!(err.contains("not signed by the given key"), "{err}");
+}
+
+#[test]
+fn proofs_span_rolled_files_and_a_deleted_segment_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // About five records a file.
+    let (log, pinned) = serve_and_stop(dir, 20, &[("ECL_AUDIT__ROTATE_BYTES", "4096")]);
+    let cps = PathBuf::from(format!("{}.checkpoints", s(&log)));
+    let mut rolled: Vec<PathBuf> = std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e.len() == 20))
+        .collect();
+    rolled.sort();
+    assert!(rolled.len() >= 3, "{rolled:?}");
+    let key = "keys/cp.pub";
+
+    let out = ok(
+        &[
+            "audit",
+            "verify",
+            "logs",
+            "--checkpoint",
+            s(&cps),
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(out.contains("20 records; the tree at size 20"), "{out}");
+    let out = ok(
+        &[
+            "audit",
+            "consistency",
+            s(&pinned),
+            s(&cps),
+            "logs",
+            "--pubkey",
+            key,
+        ],
+        dir,
+    );
+    assert!(out.contains("extends the one at size 3"), "{out}");
+
+    // Seq 2 lives in the oldest rolled file; its proof checks against the newest checkpoint.
+    let proof = ok(&["audit", "prove", "logs", "--seq", "2"], dir);
+    std::fs::write(dir.join("p2"), &proof).unwrap();
+    let first = std::fs::read_to_string(&rolled[0]).unwrap();
+    std::fs::write(
+        dir.join("r2"),
+        format!("{}\n", first.lines().nth(2).unwrap()),
+    )
+    .unwrap();
+    let out = ok(
+        &[
+            "audit",
+            "check-proof",
+            "p2",
+            "--pubkey",
+            key,
+            "--record",
+            "r2",
+        ],
+        dir,
+    );
+    assert!(out.contains("leaf 2 of `ecl-gate/it` at size 20"), "{out}");
+
+    // Deleting the oldest file for retention: named, not a silent pass.
+    std::fs::remove_file(&rolled[0]).unwrap();
+    let now_first: u64 = rolled[1]
+        .extension()
+        .and_then(|e| e.to_str()?.parse().ok())
+        .unwrap();
+    let err = refused_against(dir, "logs", s(&cps), key);
+    assert!(
+        err.contains(&format!("(seq {now_first}): prev_hash of the first record is not `sha256:GENESIS` and no earlier file continues to it")),
+        "{err}"
+    );
 }
 
 #[test]
