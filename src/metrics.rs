@@ -36,6 +36,8 @@ pub struct Metrics {
     pub audit_fsync_duration: Histogram,
     pub audit_batch_size: Histogram,
     pub audit_write_failures: Counter,
+    pub checkpoint_size: Gauge,
+    pub checkpoint_failures: Counter,
     pub in_flight: Gauge,
     pub profiles_loaded: Gauge,
 }
@@ -84,6 +86,18 @@ impl Metrics {
             "Decisions refused because their audit record could not be written",
             audit_write_failures.clone(),
         );
+        let checkpoint_size = Gauge::default();
+        registry.register(
+            "ecl_audit_checkpoint_size",
+            "Tree size (records) of the newest signed checkpoint; stays 0 while checkpoints are off",
+            checkpoint_size.clone(),
+        );
+        let checkpoint_failures = Counter::default();
+        registry.register(
+            "ecl_audit_checkpoint_failures",
+            "Due checkpoints not signed because the records could not be made durable, and failed appends to the checkpoints file (both retried)",
+            checkpoint_failures.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "ecl_requests_in_flight",
@@ -112,6 +126,8 @@ impl Metrics {
             audit_fsync_duration,
             audit_batch_size,
             audit_write_failures,
+            checkpoint_size,
+            checkpoint_failures,
             in_flight,
             profiles_loaded,
         }
@@ -157,6 +173,8 @@ impl Drop for InFlight<'_> {
 pub struct AuditMetrics {
     fsync_duration: Histogram,
     batch_size: Histogram,
+    checkpoint_size: Gauge,
+    checkpoint_failures: Counter,
 }
 
 impl Metrics {
@@ -165,6 +183,8 @@ impl Metrics {
         AuditMetrics {
             fsync_duration: self.audit_fsync_duration.clone(),
             batch_size: self.audit_batch_size.clone(),
+            checkpoint_size: self.checkpoint_size.clone(),
+            checkpoint_failures: self.checkpoint_failures.clone(),
         }
     }
 }
@@ -176,5 +196,14 @@ impl crate::audit::AuditObserver for AuditMetrics {
 
     fn synced(&self, took: std::time::Duration) {
         self.fsync_duration.observe(took.as_secs_f64());
+    }
+
+    fn checkpoint_signed(&self, size: u64) {
+        self.checkpoint_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    fn checkpoint_failed(&self) {
+        self.checkpoint_failures.inc();
     }
 }

@@ -78,6 +78,11 @@ pub trait AuditObserver: Send + Sync + std::fmt::Debug {
     fn batch_committed(&self, records: usize);
     /// One fdatasync of the log succeeded after `took`.
     fn synced(&self, took: Duration);
+    /// A checkpoint of the tree at `size` was signed (and is served).
+    fn checkpoint_signed(&self, _size: u64) {}
+    /// A due checkpoint was not signed, or signed ones could not be appended to the
+    /// checkpoints file; retried.
+    fn checkpoint_failed(&self) {}
 }
 
 /// How the file is managed beyond appending; the default rolls never and repairs nothing.
@@ -363,13 +368,10 @@ impl AuditLog {
                 } else {
                     tree::Durability::Writer
                 };
-                Some(tree::TreeFeed::spawn(tree::open(
-                    &path,
-                    tail.next_seq,
-                    cp,
-                    durability,
-                    slot,
-                )?)?)
+                Some(tree::TreeFeed::spawn(
+                    tree::open(&path, tail.next_seq, cp, durability, slot)?,
+                    settings.observer.clone(),
+                )?)
             }
             None => None,
         };

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{split_notes, verify_checkpoint, Checkpoint, NoteSigner};
 use crate::merkle::{leaf_hash, CompactRange, Hash};
 
-use super::{segment, AuditError};
+use super::{segment, AuditError, AuditObserver};
 
 /// Longest record line read back (as in verification).
 const MAX_LINE: usize = 16 * 1024 * 1024;
@@ -75,6 +75,7 @@ pub(super) struct TreeState {
     signed_at: Instant,
     latest: Latest,
     durability: Durability,
+    observer: Option<Arc<dyn AuditObserver>>,
 }
 
 /// Who makes the records durable before a checkpoint covers them.
@@ -193,6 +194,7 @@ pub(super) fn open(
         signed_at: Instant::now(),
         latest,
         durability,
+        observer: None,
     })
 }
 
@@ -365,6 +367,7 @@ impl TreeState {
             self.write_unwritten();
             if self.unwritten.len() >= MAX_UNWRITTEN {
                 // Signing on would serve checkpoints that may never reach the file.
+                self.failed();
                 self.signed_at = Instant::now();
                 return;
             }
@@ -376,6 +379,7 @@ impl TreeState {
                 error = %e,
                 "cannot make the records durable; no checkpoint until the next interval"
             );
+            self.failed();
             self.signed_at = Instant::now();
             return;
         }
@@ -388,8 +392,18 @@ impl TreeState {
         self.signed_at = Instant::now();
         self.signed_size = size;
         self.unwritten.push_str(&note);
+        // The metric first: whoever sees the new note also sees its size counted.
+        if let Some(observer) = &self.observer {
+            observer.checkpoint_signed(size);
+        }
         if let Ok(mut slot) = self.latest.write() {
             *slot = Some(Arc::from(note));
+        }
+    }
+
+    fn failed(&self) {
+        if let Some(observer) = &self.observer {
+            observer.checkpoint_failed();
         }
     }
 
@@ -434,6 +448,7 @@ impl TreeState {
                     error = %e,
                     "cannot append checkpoints to the file; retried in a second"
                 );
+                self.failed();
                 let _ = self.file.set_len(self.file_len);
             }
         }
@@ -466,7 +481,15 @@ pub(super) struct TreeFeed {
 
 impl TreeFeed {
     /// Starts the tree thread on `state` (fresh from [`open`]).
-    pub fn spawn(state: TreeState) -> Result<TreeFeed, AuditError> {
+    pub fn spawn(
+        mut state: TreeState,
+        observer: Option<Arc<dyn AuditObserver>>,
+    ) -> Result<TreeFeed, AuditError> {
+        if let Some(observer) = observer.as_ref().filter(|_| state.signed_size > 0) {
+            // The newest stored checkpoint, from before the restart.
+            observer.checkpoint_signed(state.signed_size);
+        }
+        state.observer = observer;
         let (updates, rx) = flume::bounded(FEED_DEPTH);
         let (spare_tx, spare) = flume::bounded(FEED_DEPTH);
         let told = state.range.size();

@@ -71,6 +71,13 @@ fn serve_and_stop(dir: &Path, n: usize, more: &[(&str, &str)]) -> (PathBuf, Path
             assert_eq!(status, 200, "{note}");
             assert!(note.starts_with("ecl-gate/it\n3\n"), "{note}");
             assert!(note.contains("\n\n\u{2014} ecl-gate/it "), "{note}");
+            let (_, metrics) = get(&admin, "/metrics");
+            for line in [
+                "ecl_audit_checkpoint_size 3",
+                "ecl_audit_checkpoint_failures_total 0",
+            ] {
+                assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+            }
             std::fs::write(&pinned, note).unwrap();
         }
     }
