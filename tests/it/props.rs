@@ -1,12 +1,18 @@
-//! Property tests: the canonical form and `decide` hold for generated inputs, not only for the
-//! cases someone thought of.
+//! Property tests: the canonical form, `decide`, and the checkpoint and proof checks hold for
+//! generated inputs, not only for the cases someone thought of.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use ecl_gate::approval::Approvals;
 use ecl_gate::canonical::{self, Map, Number, Value};
+use ecl_gate::checkpoint::{
+    parse_note, parse_verifier, split_notes, verify_checkpoint, Checkpoint, NoteSigner,
+};
 use ecl_gate::decision::{decide, Attempt, Context, DecisionType};
+use ecl_gate::merkle::{
+    consistency_proof, inclusion_proof, leaf_hash, root, verify_consistency, verify_inclusion, Hash,
+};
 use ecl_gate::profile::parse_profile;
 use ecl_gate::request::decode;
 use proptest::prelude::*;
@@ -243,6 +249,102 @@ proptest! {
         // An unknown type anywhere can never end in ALLOW.
         if kinds.contains(&"uuid") {
             prop_assert_ne!(first.decision_type, DecisionType::Allow);
+        }
+    }
+}
+
+/// TEST FIXTURE ONLY: a fixed-seed checkpoint key.
+fn note_signer() -> NoteSigner {
+    NoteSigner::new(
+        "ecl-gate/prop",
+        ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+    )
+    .unwrap()
+}
+
+/// Distinct leaves of a tree of `n` records.
+fn tree_leaves(n: usize, seed: u64) -> Vec<Hash> {
+    (0..n as u64)
+        .map(|i| leaf_hash(&(i ^ seed).to_be_bytes()))
+        .collect()
+}
+
+fn flip_bit(proof: &mut [Hash], at: prop::sample::Index, bit: u8) {
+    let bytes = proof.as_flattened_mut();
+    let i = at.index(bytes.len());
+    bytes[i] ^= 1 << bit;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Auditors hand these parsers checkpoints and keys from elsewhere: any text is an answer,
+    /// never a panic.
+    #[test]
+    fn checkpoint_parsers_never_panic(text in "(?s)[\u{2014}\n a-zA-Z0-9+/=]{0,300}|(?s).{0,300}") {
+        let key = note_signer().verifying_key();
+        let (notes, _) = split_notes(&text);
+        for note in notes {
+            let _ = parse_note(note);
+            let _ = verify_checkpoint(note, &key);
+        }
+        let _ = Checkpoint::parse_body(&text);
+        let _ = parse_verifier(&text);
+        let _ = verify_checkpoint(&text, &key);
+    }
+
+    /// A signed checkpoint verifies as signed, and with any one byte changed it does not.
+    #[test]
+    fn an_altered_checkpoint_never_verifies(
+        size in any::<u64>(),
+        root in any::<[u8; 32]>(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let signer = note_signer();
+        let checkpoint = Checkpoint { origin: "ecl-gate/prop".into(), size, root };
+        let note = signer.sign(&checkpoint.body());
+        prop_assert_eq!(verify_checkpoint(&note, &signer.verifying_key()), Ok(checkpoint));
+        let mut bytes = note.into_bytes();
+        let i = at.index(bytes.len());
+        prop_assume!(bytes[i] != byte);
+        bytes[i] = byte;
+        if let Ok(altered) = String::from_utf8(bytes) {
+            prop_assert!(verify_checkpoint(&altered, &signer.verifying_key()).is_err(), "{altered}");
+        }
+    }
+
+    /// Generated proofs verify; one flipped bit, or another index, and they do not.
+    #[test]
+    fn proofs_verify_only_as_generated(
+        n in 1usize..300,
+        seed in any::<u64>(),
+        which in any::<prop::sample::Index>(),
+        old in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let leaves = tree_leaves(n, seed);
+        let size = n as u64;
+        let head = root(&leaves);
+        let index = which.index(n);
+        let mut path = inclusion_proof(index as u64, &leaves).unwrap();
+        prop_assert_eq!(verify_inclusion(index as u64, size, &leaves[index], &path, &head), Ok(()));
+        if index + 1 < n {
+            prop_assert!(verify_inclusion(index as u64 + 1, size, &leaves[index], &path, &head).is_err());
+        }
+        if !path.is_empty() {
+            flip_bit(&mut path, at, bit);
+            prop_assert!(verify_inclusion(index as u64, size, &leaves[index], &path, &head).is_err());
+        }
+
+        let m = 1 + old.index(n);
+        let old_head = root(&leaves[..m]);
+        let mut proof = consistency_proof(m as u64, &leaves).unwrap();
+        prop_assert_eq!(verify_consistency(m as u64, size, &old_head, &head, &proof), Ok(()));
+        if !proof.is_empty() {
+            flip_bit(&mut proof, at, bit);
+            prop_assert!(verify_consistency(m as u64, size, &old_head, &head, &proof).is_err());
         }
     }
 }
