@@ -53,10 +53,11 @@ pub fn to_base64(hash: &Hash) -> String {
 }
 
 /// Reads a base64 hash; anything but exactly 32 bytes is refused (a proof with a short or long
-/// hash is malformed, not merely wrong).
+/// hash is malformed, not merely wrong), and so is surrounding white space: a checkpoint is
+/// signed byte for byte, so each of its lines has exactly one spelling.
 pub fn hash_from_base64(text: &str) -> Result<Hash, String> {
     let bytes = STANDARD
-        .decode(text.trim())
+        .decode(text)
         .map_err(|_| format!("`{text}` is not base64"))?;
     bytes
         .try_into()

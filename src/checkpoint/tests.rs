@@ -87,6 +87,11 @@ fn malformed_notes_and_bodies_are_rejected() {
         "x\n-1\n",
         "\n1\n",
         "x\n1\nAA==\n",
+        // White space around the root: found by the `checkpoint` fuzz target; a signed body
+        // has one spelling.
+        "x\n21\nZGvOujkVXuFjlY1TjQlpeOCFkgWDYNdD53TJRwlZjAg=\u{c}\n",
+        "x\n21\n ZGvOujkVXuFjlY1TjQlpeOCFkgWDYNdD53TJRwlZjAg=\n",
+        "x\n21\nZGvOujkVXuFjlY1TjQlpeOCFkgWDYNdD53TJRwlZjAg=\r\n",
     ] {
         assert!(Checkpoint::parse_body(bad).is_err(), "{bad:?}");
     }
