@@ -138,6 +138,15 @@ fn the_tree_spans_rolled_segments() {
         // And a restart rebuilds it across the segments.
         let log = AuditLog::open_with(with_checkpoints(&path, sync, 7), options).unwrap();
         drop(log);
+        // Without the oldest segment (deleted for retention) there is no tree to rebuild.
+        fs::remove_file(&files[0]).unwrap();
+        let msg = AuditLog::open_with(with_checkpoints(&path, sync, 7), options)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("not 0: the tree needs every record since seq 0"),
+            "{msg}"
+        );
     }
 }
 
