@@ -103,6 +103,35 @@ fn checkpoints_cover_the_records_and_one_is_signed_at_shutdown() {
 }
 
 #[test]
+fn an_idle_log_is_signed_after_the_interval_whatever_the_sync_mode() {
+    // Far fewer records than `checkpoint_every`: only the interval timer can sign them, and
+    // under `interval` only once the writer's own sync has made them durable.
+    for sync in [SyncMode::Always, SyncMode::Interval, SyncMode::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let rt = rt();
+        let mut settings = with_checkpoints(&path, sync, 1000);
+        if let Some(cp) = &mut settings.checkpoints {
+            cp.interval = Duration::from_millis(100);
+        }
+        let log = AuditLog::open(settings).unwrap();
+        append_n(&log, &rt, 0, 3);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let note = loop {
+            match log.latest_checkpoint() {
+                Some(note) => break note,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                None => panic!("{sync:?}: no checkpoint while the log was idle"),
+            }
+        };
+        assert!(note.starts_with("ecl-gate/test\n3\n"), "{sync:?}: {note}");
+        drop(log);
+    }
+}
+
+#[test]
 fn the_tree_spans_rolled_segments() {
     // Under `never` the tree thread syncs the active file itself before signing, so it must
     // follow the writer to each fresh file: checkpoints go on after a roll.
