@@ -427,25 +427,58 @@ pub fn hash_without(members: &Map, omit: &[&str]) -> String {
     })
 }
 
+/// `(hash(object), hash_without(object, omit))` of the object `members`, from one
+/// serialization: the members kept are hashed as they are written. The request hash and the
+/// intent hash of every request are these two (SPEC §4).
+pub fn hash_with_and_without(members: &Map, omit: &[&str]) -> (String, String) {
+    with_scratch(|out| {
+        let mut without = Sha256::new();
+        without.update(b"{");
+        let mut first_kept = true;
+        out.push(b'{');
+        for (i, (key, value)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let start = out.len();
+            write_string(key, out);
+            out.push(b':');
+            write_canonical(value, out);
+            if !omit.contains(&key.as_str()) {
+                if !std::mem::take(&mut first_kept) {
+                    without.update(b",");
+                }
+                without.update(&out[start..]);
+            }
+        }
+        out.push(b'}');
+        without.update(b"}");
+        (sha256_prefixed(out), prefixed(&without.finalize()))
+    })
+}
+
 /// The prefixed SHA-256 of the bytes `write` produces.
 fn hash_written(write: impl Fn(&mut Vec<u8>)) -> String {
+    with_scratch(|buf| {
+        write(buf);
+        sha256_prefixed(buf)
+    })
+}
+
+/// Runs `work` on an empty scratch buffer.
+fn with_scratch<R>(work: impl Fn(&mut Vec<u8>) -> R) -> R {
     // Several hashes per request: serializing into a reused buffer saves an allocation and
     // its regrowths each time. A nested call (none exists) would just allocate.
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
-            write(&mut buf);
-            let hash = sha256_prefixed(&buf);
+            let result = work(&mut buf);
             if buf.capacity() > MAX_KEPT_SCRATCH {
                 *buf = Vec::new();
             }
-            hash
+            result
         }
-        Err(_) => {
-            let mut buf = Vec::with_capacity(1024);
-            write(&mut buf);
-            sha256_prefixed(&buf)
-        }
+        Err(_) => work(&mut Vec::with_capacity(1024)),
     })
 }
 
@@ -626,13 +659,21 @@ mod tests {
             &[][..],
             &["controls"][..],
             &["controls", "submitted_at"][..],
+            // The first member (no comma before it) and the last.
+            &["a"][..],
+            &["a", "z"][..],
             &["a", "m", "z", "controls", "submitted_at", "absent"][..],
         ] {
             let mut expected = members.clone();
             expected.retain(|k, _| !omit.contains(&k.as_str()));
             assert_eq!(
                 hash_without(members, omit),
-                hash(&Value::Object(expected)),
+                hash(&Value::Object(expected.clone())),
+                "{omit:?}"
+            );
+            assert_eq!(
+                hash_with_and_without(members, omit),
+                (hash(&object), hash(&Value::Object(expected))),
                 "{omit:?}"
             );
         }
