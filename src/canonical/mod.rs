@@ -494,6 +494,22 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     write_string(s, out);
 }
 
+/// Appends `n` as a JSON integer (its decimal digits), without allocating.
+pub fn write_u64(n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Writes one JSON object straight to bytes, member by member, without building a [`Value`]:
 /// for hot paths whose members are known in advance.
 ///
@@ -549,19 +565,7 @@ impl<'a> ObjectWriter<'a> {
     }
 
     pub fn u64(&mut self, key: &str, n: u64) {
-        let out = self.key(key);
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = n;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[at..]);
+        write_u64(n, self.key(key));
     }
 
     /// Closes the object.
