@@ -398,9 +398,15 @@ pub fn sha256_prefixed(bytes: &[u8]) -> String {
 
 /// `"sha256:"` + lowercase hex of an already computed digest.
 pub fn prefixed(digest: &[u8]) -> String {
-    let mut s = String::with_capacity(7 + 64);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(7 + 2 * digest.len());
     s.push_str("sha256:");
-    s.push_str(&hex::encode(digest));
+    // Five or six hashes per request: `hex::encode` goes through a char iterator and a second
+    // String, which cost more than this loop (callgrind: ~1,700 instructions a hash).
+    for &byte in digest {
+        s.push(char::from(HEX[usize::from(byte >> 4)]));
+        s.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
     s
 }
 
@@ -748,6 +754,19 @@ mod tests {
                 .any(|&b| b < 0x20 || b == b'"' || b == b'\\');
             assert_eq!(word_needs_escape(word), needs, "{word:#x}");
         }
+    }
+
+    #[test]
+    fn prefixed_is_lowercase_hex_of_every_byte() {
+        let digest: Vec<u8> = (0..=255u8).collect();
+        assert_eq!(
+            prefixed(&digest),
+            format!("sha256:{}", hex::encode(&digest))
+        );
+        assert_eq!(
+            sha256_prefixed(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
