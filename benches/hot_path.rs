@@ -4,8 +4,9 @@
 //!   (`request::decode`: parse, schema, snapshot hash, request hash);
 //! - `decide/*`: the pure `decide()` for the shipped example profile and for a generated
 //!   1,000-tool profile (a called tool with 2 rules, and one with 20 rules);
-//! - `audit/*`: building a decision's audit record and hashing it for the chain, and the real
-//!   writer thread end to end (`AuditLog::append` to /dev/null);
+//! - `audit/*`: building a decision's audit record and hashing it for the chain, preparing it
+//!   as the gate does, and the real writer thread end to end (`AuditLog::append` and
+//!   `append_prepared` to /dev/null);
 //! - `render/*` and `pipeline/*`: the response body, and all CPU work of one request outside
 //!   hyper and the writer thread.
 //!
@@ -229,6 +230,10 @@ fn audit_benches(c: &mut Criterion) {
             canonical::sha256_prefixed(&out)
         })
     });
+    // What the gate does now on the request thread: the record's bytes, no map.
+    group.bench_function("prepared_record (the gate's)", |b| {
+        b.iter(|| black_box(&decision).prepared_record(black_box(&ts), false))
+    });
 
     // The real writer thread: 64 appends in flight, as under load, into /dev/null.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -263,6 +268,28 @@ fn audit_benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The gate's path: records prepared beforehand, the writer only copies and chains them.
+    group.bench_function(
+        "AuditLog::append_prepared to /dev/null, 64 in flight",
+        |b| {
+            b.iter_batched(
+                || {
+                    (0..IN_FLIGHT)
+                        .map(|_| decision.prepared_record(&ts, false))
+                        .collect::<Vec<_>>()
+                },
+                |records| {
+                    runtime.block_on(async {
+                        let appends = records.into_iter().map(|r| log.append_prepared(r));
+                        for receipt in futures_util::future::join_all(appends).await {
+                            receipt.unwrap();
+                        }
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     group.finish();
 }
 
@@ -292,7 +319,7 @@ fn render_benches(c: &mut Criterion) {
         b.iter(|| {
             let request = request::decode(black_box(&body)).unwrap();
             let decision = allowed(&request, &example);
-            let record = decision.audit_record(&ts, false);
+            let record = decision.prepared_record(&ts, false);
             let mut response = Vec::with_capacity(1024);
             decision.write_body(Some(&block), &mut response);
             (record, response)

@@ -36,6 +36,10 @@ use std::time::Duration;
 
 use crate::canonical::Map;
 
+/// For pinning other modules' prepared records to the tree encoder, byte for byte.
+#[cfg(test)]
+pub(crate) use record::{encode_prepared, encode_via_tree};
+pub use record::{PreparedRecord, RecordWriter, TimestampsWriter};
 pub use verify::{
     verify_files, verify_paths, ChainReport, Verification, VerifyFailure, VerifyReport,
 };
@@ -419,6 +423,16 @@ impl AuditLog {
     /// `record` is the full record object except `seq`, `integrity` and
     /// `timestamps.logged_at`, which the writer sets (overwriting any given).
     pub async fn append(&self, record: Map) -> Result<Receipt, AuditError> {
+        let prepared = PreparedRecord::from_map(&record);
+        // Freed here, by the thread that built it, not kept while the writer works.
+        drop(record);
+        self.append_prepared(prepared).await
+    }
+
+    /// [`AuditLog::append`] of a record already serialized by this thread (see
+    /// [`RecordWriter`]): the writer thread, which every record passes one at a time, then
+    /// only copies its bytes and chains them.
+    pub async fn append_prepared(&self, record: PreparedRecord) -> Result<Receipt, AuditError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
             .send_async(writer::Pending { record, reply })

@@ -12,16 +12,305 @@ use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
-use crate::canonical::{prefixed, write_canonical, Map, Number, Value};
+use crate::canonical::{prefixed, write_canonical, write_str, write_u64, Map, Number, Value};
 
 mod scan;
 
 const INTEGRITY: &str = "integrity";
+const SEQ: &str = "seq";
+const TIMESTAMPS: &str = "timestamps";
+const LOGGED_AT: &str = "logged_at";
 const HASH_PREFIX: &str = "sha256:";
+
+/// A record serialized by the requesting thread: the canonical bytes of every member except
+/// the three only the writer knows (`integrity`, `seq`, `timestamps.logged_at`), with a gap
+/// where each belongs. The writer thread copies the bytes around the gaps instead of
+/// serializing (and freeing) a tree: it is the one serial stage every decision passes.
+#[derive(Debug)]
+pub struct PreparedRecord {
+    bytes: Vec<u8>,
+    // INVARIANT: integrity.at <= seq.at <= logged_at.at <= bytes.len(); only
+    // `RecordWriter`, which places them in key order, makes them.
+    integrity: Gap,
+    seq: Gap,
+    logged_at: Gap,
+}
+
+/// Where a writer member goes: at byte `at`, after a `,` when a member comes before it (a
+/// member after it already wrote its own `,`).
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    at: usize,
+    comma: bool,
+}
+
+impl PreparedRecord {
+    /// The record `record` (a full record object except the writer's members, which are
+    /// ignored when given) prepared for the writer: what [`encode`] makes of the same map.
+    pub fn from_map(record: &Map) -> PreparedRecord {
+        let mut writer = RecordWriter::new();
+        for (key, value) in record {
+            match (key.as_str(), value) {
+                // The writer sets these, overwriting whatever was given.
+                (INTEGRITY | SEQ, _) => {}
+                (TIMESTAMPS, Value::Object(timestamps)) => {
+                    let mut members = writer.timestamps();
+                    for (key, value) in timestamps.iter().filter(|(k, _)| *k != LOGGED_AT) {
+                        write_canonical(value, members.key(key));
+                    }
+                    members.finish();
+                }
+                (TIMESTAMPS, _) => {
+                    // Left out: `finish` writes `timestamps` with `logged_at` alone.
+                    tracing::warn!("audit record had a non-object `timestamps`; replaced");
+                }
+                (key, value) => write_canonical(value, writer.key(key)),
+            }
+        }
+        writer.finish()
+    }
+}
+
+/// Writes a record's members straight to canonical bytes, like
+/// [`crate::canonical::ObjectWriter`], and leaves gaps for the writer's members as the keys
+/// pass their places; `timestamps` is written through [`RecordWriter::timestamps`] and gets
+/// `logged_at`'s gap the same way. A record without `timestamps` gets one holding only
+/// `logged_at`.
+///
+/// INVARIANT: members must come in canonical key order (by UTF-8 bytes), each once, and never
+/// be one of the writer's; debug builds check it. The result is then exactly what [`encode`]
+/// makes of the same members as a [`Map`].
+pub struct RecordWriter {
+    out: Vec<u8>,
+    empty: bool,
+    integrity: Option<Gap>,
+    seq: Option<Gap>,
+    logged_at: Option<Gap>,
+    timestamps_written: bool,
+    #[cfg(debug_assertions)]
+    last_key: Option<String>,
+}
+
+/// A typical decision record is 800–1,000 bytes.
+const RECORD_CAPACITY: usize = 1024;
+
+impl Default for RecordWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecordWriter {
+    pub fn new() -> RecordWriter {
+        let mut out = Vec::with_capacity(RECORD_CAPACITY);
+        out.push(b'{');
+        RecordWriter {
+            out,
+            empty: true,
+            integrity: None,
+            seq: None,
+            logged_at: None,
+            timestamps_written: false,
+            #[cfg(debug_assertions)]
+            last_key: None,
+        }
+    }
+
+    /// Writes `"key":` and returns the buffer for the value, which the caller must write next.
+    pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        debug_assert!(
+            ![INTEGRITY, SEQ, TIMESTAMPS].contains(&key),
+            "`{key}` is the writer's member (timestamps: use RecordWriter::timestamps)"
+        );
+        self.place_writer_members(Some(key));
+        self.member_key(key);
+        &mut self.out
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        write_str(value, self.key(key));
+    }
+
+    pub fn value(&mut self, key: &str, value: &Value) {
+        write_canonical(value, self.key(key));
+    }
+
+    pub fn null(&mut self, key: &str) {
+        self.key(key).extend_from_slice(b"null");
+    }
+
+    /// Opens the `timestamps` member; the writer adds `logged_at` among its members.
+    pub fn timestamps(&mut self) -> TimestampsWriter<'_> {
+        self.place_writer_members(Some(TIMESTAMPS));
+        self.member_key(TIMESTAMPS);
+        self.timestamps_written = true;
+        self.out.push(b'{');
+        TimestampsWriter {
+            record: self,
+            empty: true,
+        }
+    }
+
+    /// Closes the record.
+    pub fn finish(mut self) -> PreparedRecord {
+        self.place_writer_members(None);
+        self.out.push(b'}');
+        let gap = |gap: Option<Gap>| {
+            gap.unwrap_or(Gap {
+                at: 0,
+                comma: false,
+            })
+        };
+        PreparedRecord {
+            // `place_writer_members(None)` placed all three.
+            integrity: gap(self.integrity),
+            seq: gap(self.seq),
+            logged_at: gap(self.logged_at),
+            bytes: self.out,
+        }
+    }
+
+    /// Places the writer's members that sort before `next` (all of them when `None`).
+    fn place_writer_members(&mut self, next: Option<&str>) {
+        let before = |name: &str| next.is_none_or(|next| name < next);
+        if self.integrity.is_none() && before(INTEGRITY) {
+            self.integrity = Some(gap(&mut self.out, &mut self.empty));
+        }
+        if self.seq.is_none() && before(SEQ) {
+            self.seq = Some(gap(&mut self.out, &mut self.empty));
+        }
+        if !self.timestamps_written && next != Some(TIMESTAMPS) && before(TIMESTAMPS) {
+            self.timestamps().finish();
+        }
+    }
+
+    fn member_key(&mut self, key: &str) {
+        #[cfg(debug_assertions)]
+        {
+            debug_assert!(
+                self.last_key.as_deref().is_none_or(|last| last < key),
+                "record keys out of canonical order: `{key}` after `{:?}`",
+                self.last_key
+            );
+            self.last_key = Some(key.to_owned());
+        }
+        if !std::mem::take(&mut self.empty) {
+            self.out.push(b',');
+        }
+        write_str(key, &mut self.out);
+        self.out.push(b':');
+    }
+}
+
+/// The open `timestamps` member of a [`RecordWriter`]; closed by [`TimestampsWriter::finish`]
+/// or when dropped.
+pub struct TimestampsWriter<'r> {
+    record: &'r mut RecordWriter,
+    empty: bool,
+}
+
+impl TimestampsWriter<'_> {
+    /// Writes `"key":` and returns the buffer for the value, which the caller must write next.
+    /// Keys in canonical order, never `logged_at`.
+    pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        debug_assert!(key != LOGGED_AT, "`logged_at` is the writer's member");
+        self.place_logged_at(Some(key));
+        if !std::mem::take(&mut self.empty) {
+            self.record.out.push(b',');
+        }
+        write_str(key, &mut self.record.out);
+        self.record.out.push(b':');
+        &mut self.record.out
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        write_str(value, self.key(key));
+    }
+
+    /// Closes the member.
+    pub fn finish(self) {}
+
+    fn place_logged_at(&mut self, next: Option<&str>) {
+        if self.record.logged_at.is_none() && next.is_none_or(|next| LOGGED_AT < next) {
+            self.record.logged_at = Some(gap(&mut self.record.out, &mut self.empty));
+        }
+    }
+}
+
+impl Drop for TimestampsWriter<'_> {
+    fn drop(&mut self) {
+        self.place_logged_at(None);
+        self.record.out.push(b'}');
+    }
+}
+
+/// A gap at the end of `out`, counted as a member of the object being written (so the member
+/// after it writes its `,`).
+fn gap(out: &mut [u8], empty: &mut bool) -> Gap {
+    Gap {
+        at: out.len(),
+        comma: !std::mem::take(empty),
+    }
+}
 
 /// Appends the line of `record` (canonical JSON + `\n`) to `out`, after setting `seq`,
 /// `timestamps.logged_at` and `integrity`; returns its `record_hash`.
+#[cfg(test)]
 pub(super) fn encode(
+    record: Map,
+    seq: u64,
+    prev_hash: &str,
+    logged_at: &str,
+    out: &mut Vec<u8>,
+) -> String {
+    encode_prepared(
+        &PreparedRecord::from_map(&record),
+        seq,
+        prev_hash,
+        logged_at,
+        out,
+    )
+}
+
+/// Appends the line of `record` (canonical JSON + `\n`) to `out`, with its `seq`,
+/// `timestamps.logged_at` and `integrity` filled in; returns its `record_hash`.
+pub(crate) fn encode_prepared(
+    record: &PreparedRecord,
+    seq: u64,
+    prev_hash: &str,
+    logged_at: &str,
+    out: &mut Vec<u8>,
+) -> String {
+    let bytes = &record.bytes;
+    let (integrity, seq_gap, logged_at_gap) = (record.integrity, record.seq, record.logged_at);
+    let start = out.len();
+    // INVARIANT (PreparedRecord): the gaps are in order and inside `bytes`.
+    out.extend_from_slice(&bytes[..integrity.at]);
+    fill(out, integrity, INTEGRITY);
+    out.extend_from_slice(b"{\"prev_hash\":");
+    write_str(prev_hash, out);
+    out.extend_from_slice(b",\"record_hash\":");
+    // INVARIANT: `hole` is the offset of the `""` written next, the record_hash value.
+    let hole = out.len();
+    out.extend_from_slice(b"\"\"}");
+    out.extend_from_slice(&bytes[integrity.at..seq_gap.at]);
+    fill(out, seq_gap, SEQ);
+    write_u64(seq, out);
+    out.extend_from_slice(&bytes[seq_gap.at..logged_at_gap.at]);
+    fill(out, logged_at_gap, LOGGED_AT);
+    write_str(logged_at, out);
+    out.extend_from_slice(&bytes[logged_at_gap.at..]);
+
+    let record_hash = prefixed(&Sha256::digest(&out[start..]));
+    out.splice(hole + 1..hole + 1, record_hash.bytes());
+    out.push(b'\n');
+    record_hash
+}
+
+/// The tree-based encoder the writer used before records were prepared on the requesting
+/// thread, kept as the reference the prepared path is pinned to, byte for byte.
+#[cfg(test)]
+pub(crate) fn encode_via_tree(
     mut record: Map,
     seq: u64,
     prev_hash: &str,
@@ -33,10 +322,7 @@ pub(super) fn encode(
         Some(Value::Object(ts)) => {
             ts.insert("logged_at".to_owned(), Value::from(logged_at));
         }
-        other => {
-            if other.is_some() {
-                tracing::warn!("audit record had a non-object `timestamps`; replaced");
-            }
+        _ => {
             record.insert(
                 "timestamps".to_owned(),
                 Value::object([("logged_at", Value::from(logged_at))]),
@@ -50,6 +336,16 @@ pub(super) fn encode(
     let start = out.len();
     out.push(b'{');
     let mut first = true;
+    let write_members = |members: Map, out: &mut Vec<u8>, first: &mut bool| {
+        for (key, value) in members {
+            if !std::mem::take(first) {
+                out.push(b',');
+            }
+            write_canonical(&Value::String(key), out);
+            out.push(b':');
+            write_canonical(&value, out);
+        }
+    };
     write_members(record, out, &mut first);
     if !first {
         out.push(b',');
@@ -58,7 +354,6 @@ pub(super) fn encode(
     out.extend_from_slice(b"\"integrity\":{\"prev_hash\":");
     write_canonical(&Value::String(prev_hash.to_owned()), out);
     out.extend_from_slice(b",\"record_hash\":");
-    // INVARIANT: `hole` is the offset of the `""` written next, the record_hash value.
     let hole = out.len();
     out.extend_from_slice(b"\"\"}");
     write_members(after, out, &mut first);
@@ -70,15 +365,13 @@ pub(super) fn encode(
     record_hash
 }
 
-fn write_members(members: Map, out: &mut Vec<u8>, first: &mut bool) {
-    for (key, value) in members {
-        if !std::mem::take(first) {
-            out.push(b',');
-        }
-        write_canonical(&Value::String(key), out);
-        out.push(b':');
-        write_canonical(&value, out);
+/// Writes the `,` (when due) and `"key":` of the member that goes into `gap`.
+fn fill(out: &mut Vec<u8>, gap: Gap, key: &str) {
+    if gap.comma {
+        out.push(b',');
     }
+    write_str(key, out);
+    out.push(b':');
 }
 
 /// Why a line is not a valid record; `seq` when the line was readable that far.
@@ -293,6 +586,113 @@ mod tests {
         let checked = check_line(line, &mut Vec::new()).unwrap();
         assert_eq!((checked.seq, checked.prev_hash.as_ref()), (7, "sha256:abc"));
         assert_eq!(checked.record_hash, rh);
+    }
+
+    // The prepared path (what the writer does now) must give the very bytes of the tree
+    // encoder it replaced, wherever the record's members fall around the writer's three.
+    #[test]
+    fn prepared_records_encode_like_the_tree_encoder() {
+        let pool = [
+            "",
+            "a",
+            "in",
+            "integrity",
+            "integrityz",
+            "r",
+            "s",
+            "sep",
+            "seq",
+            "seq0",
+            "t",
+            "timestamp",
+            "timestamps",
+            "timestampsz",
+            "zz",
+            "é",
+        ];
+        let timestamp_variants: [Option<Value>; 5] = [
+            None,
+            Some(Value::object::<&str, 0>([])),
+            Some(Value::object([
+                ("a", "1".into()),
+                ("logged", "2".into()),
+                ("logged_at", "given".into()),
+                ("logged_atz", Value::Null),
+                ("z", 7i64.into()),
+            ])),
+            Some(Value::object([
+                ("started_at", "s".into()),
+                ("finished_at", "f".into()),
+            ])),
+            Some("not an object".into()),
+        ];
+        let mut checked = 0;
+        for mask in 0u32..(1 << pool.len()) {
+            // Every subset of the first 8 keys, and a spread of the others.
+            if mask >= 1 << 8 && mask % 37 != 0 {
+                continue;
+            }
+            let mut record = Map::new();
+            for (i, key) in pool.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    record.insert((*key).to_owned(), Value::from(format!("v{i}\n\"")));
+                }
+            }
+            let timestamps = &timestamp_variants[mask as usize % timestamp_variants.len()];
+            match timestamps {
+                Some(ts) => record.insert("timestamps".into(), ts.clone()),
+                None => record.remove("timestamps"),
+            };
+            for seq in [0, 7, u64::MAX] {
+                let (mut old, mut new) = (b"line\n".to_vec(), b"line\n".to_vec());
+                let old_hash = encode_via_tree(record.clone(), seq, "sha256:p", "L", &mut old);
+                let new_hash = encode(record.clone(), seq, "sha256:p", "L", &mut new);
+                assert_eq!(
+                    String::from_utf8_lossy(&new),
+                    String::from_utf8_lossy(&old),
+                    "{record:?}"
+                );
+                assert_eq!(new_hash, old_hash);
+                checked += 1;
+            }
+        }
+        assert!(checked > 3 * 256, "{checked}");
+    }
+
+    // The members written by hand through RecordWriter, as Decision::prepared_record does.
+    #[test]
+    fn record_writer_places_the_writer_members_between_hand_written_ones() {
+        let mut writer = RecordWriter::new();
+        writer.str("approved_call", "x");
+        writer.null("escalation");
+        writer.value("request", &Value::object([("seq", 1i64.into())]));
+        {
+            let mut ts = writer.timestamps();
+            ts.str("decided_at", "d");
+            ts.str("received_at", "r");
+        }
+        writer.str("z", "last");
+        let mut new = Vec::new();
+        encode_prepared(&writer.finish(), 3, "sha256:p", "L", &mut new);
+
+        let mut map = Map::new();
+        map.insert("approved_call".into(), "x".into());
+        map.insert("escalation".into(), Value::Null);
+        map.insert("request".into(), Value::object([("seq", 1i64.into())]));
+        map.insert(
+            "timestamps".into(),
+            Value::object([("decided_at", "d".into()), ("received_at", "r".into())]),
+        );
+        map.insert("z".into(), "last".into());
+        let mut old = Vec::new();
+        encode_via_tree(map, 3, "sha256:p", "L", &mut old);
+        assert_eq!(String::from_utf8_lossy(&new), String::from_utf8_lossy(&old));
+        // And a record with no member at all.
+        let mut new = Vec::new();
+        encode_prepared(&RecordWriter::new().finish(), 0, "g", "L", &mut new);
+        let mut old = Vec::new();
+        encode_via_tree(Map::new(), 0, "g", "L", &mut old);
+        assert_eq!(new, old);
     }
 
     // A nested object that mimics the integrity block must not fool the hash position.

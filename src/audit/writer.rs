@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
+use super::record::{self, PreparedRecord};
 use super::recover::{sync_dir, Tail};
 use super::tree::TreeFeed;
-use super::{record, segment, AuditError, HealthState, Receipt, SyncMode};
-use crate::canonical::Map;
+use super::{segment, AuditError, HealthState, Receipt, SyncMode};
 
 /// Most records written by one batch.
 const MAX_BATCH: usize = 512;
@@ -67,7 +67,7 @@ impl Sink for File {
 
 /// One `append` waiting for the writer.
 pub(super) struct Pending {
-    pub record: Map,
+    pub record: PreparedRecord,
     pub reply: oneshot::Sender<Result<Receipt, AuditError>>,
 }
 
@@ -297,8 +297,13 @@ impl<S: Sink> Writer<S> {
         let mut answers = Vec::with_capacity(batch.len());
         self.buf.clear();
         for pending in batch.drain(..) {
-            let record_hash =
-                record::encode(pending.record, seq, &prev_hash, &logged_at, &mut self.buf);
+            let record_hash = record::encode_prepared(
+                &pending.record,
+                seq,
+                &prev_hash,
+                &logged_at,
+                &mut self.buf,
+            );
             let receipt = Receipt {
                 stream: self.cfg.stream.clone(),
                 seq,

@@ -3,6 +3,7 @@
 //! Pure formatting: the same decision always renders to the same values. It never decides
 //! anything and never reads the clock; the timestamps are handed in.
 
+use crate::audit::{PreparedRecord, RecordWriter};
 use crate::canonical::{Map, ObjectWriter, Value};
 
 use super::{Decision, DecisionType};
@@ -178,6 +179,68 @@ impl Decision {
         record
     }
 
+    /// The audit record, serialized here for the writer thread: byte for byte what the
+    /// writer makes of [`Decision::audit_record`], written without building the map (the
+    /// writer, which every record passes one at a time, then only copies and chains it).
+    pub fn prepared_record(
+        &self,
+        timestamps: &Timestamps,
+        include_request: bool,
+    ) -> PreparedRecord {
+        let (profile_id, profile_version) = self.profile_ids();
+        // INVARIANT: members in canonical (byte) order, as in `audit_record`;
+        // `prepared_record_is_audit_record` checks it. The writer's members (integrity, seq,
+        // timestamps.logged_at) fall into place by themselves.
+        let mut record = RecordWriter::new();
+        if let Some(approval) = &self.approval {
+            let mut block = ObjectWriter::new(record.key("approval"));
+            block.u64("exp", approval.expires_at);
+            block.u64("iat", approval.issued_at);
+            block.str("iss", &approval.issuer);
+            block.str("jti", &approval.jti);
+            block.str("kid", &approval.kid);
+            block.finish();
+        }
+        match &self.approved_call {
+            Some((name, args)) => {
+                let mut call = ObjectWriter::new(record.key("approved_call"));
+                call.value("tool_args", args);
+                call.str("tool_name", name);
+                call.finish();
+            }
+            None => record.null("approved_call"),
+        }
+        record.str("decision_type", self.decision_type.as_str());
+        if self.decision_type == DecisionType::Escalate {
+            record.value("escalation", &self.escalation_value());
+        }
+        record.str("profile_id", profile_id);
+        record.str("profile_ref_hash", &self.profile_ref_hash);
+        record.str("profile_version", profile_version);
+        record.str("provenance_id", &self.provenance_id);
+        record.str("reason_code", self.reason.as_str());
+        record.str("record_type", "decision");
+        if include_request {
+            if let Some(request) = &self.normalized_request {
+                record.value("request", request);
+            }
+        }
+        record.str("request_hash", &self.request_hash);
+        record.str("request_id", self.request_id.as_deref().unwrap_or(UNKNOWN));
+        {
+            let mut runtime = ObjectWriter::new(record.key("runtime"));
+            runtime.str("build", self.runtime.build);
+            runtime.str("name", self.runtime.name);
+            runtime.str("version", self.runtime.version);
+            runtime.finish();
+        }
+        let mut moments = record.timestamps();
+        moments.str("decided_at", &timestamps.decided_at);
+        moments.str("received_at", &timestamps.received_at);
+        moments.finish();
+        record.finish()
+    }
+
     fn profile_ids(&self) -> (&str, &str) {
         match &self.profile {
             Some((id, version)) => (id, version),
@@ -223,6 +286,7 @@ mod tests {
     use super::super::{Escalation, ReasonCode, Runtime};
     use super::*;
     use crate::canonical::{parse, to_canonical};
+    use std::sync::Arc;
 
     fn decisions() -> Vec<Decision> {
         let args = parse(
@@ -270,6 +334,70 @@ mod tests {
             ..escalate.clone()
         };
         vec![allow, deny, escalate, escalate_without_block]
+    }
+
+    #[test]
+    // prepared_record hand-orders its members; the writer's line must be byte for byte the one
+    // it made of audit_record() before, for every kind of decision and include_request.
+    fn prepared_record_is_audit_record() {
+        use crate::approval::Approval;
+        use crate::audit::{encode_prepared, encode_via_tree};
+        let request = Arc::new(
+            parse(
+                r#"{"actor":{"attributes":{},"principal_id":"u","principal_type":"user"},"context":{"snapshot":{"x":[1.5]},"snapshot_hash":"sha256:s"},"controls":null,"profile":{"id":"example","version":"1.0.0"},"request_id":"r-1","submitted_at":null,"tool":{"args":{"q":"\u0001é"},"name":"email.send"}}"#
+                    .as_bytes(),
+            )
+            .unwrap(),
+        );
+        let mut all = decisions();
+        let approved = Decision {
+            approval: Some(Approval {
+                kid: "k-1".into(),
+                issuer: "alice@example.com".into(),
+                jti: "01J\"x".into(),
+                issued_at: 1_767_225_600,
+                expires_at: u64::MAX,
+            }),
+            ..all[0].clone()
+        };
+        all.push(approved);
+        for decision in all {
+            for normalized in [None, Some(Arc::clone(&request))] {
+                let decision = Decision {
+                    normalized_request: normalized,
+                    ..decision.clone()
+                };
+                for include_request in [false, true] {
+                    let ts = Timestamps {
+                        received_at: "2026-01-01T00:00:00.000001Z".into(),
+                        decided_at: "2026-01-01T00:00:00.000002Z".into(),
+                    };
+                    let logged_at = "2026-01-01T00:00:00.000003Z";
+                    let mut old = Vec::new();
+                    let old_hash = encode_via_tree(
+                        decision.audit_record(&ts, include_request),
+                        42,
+                        "sha256:prev",
+                        logged_at,
+                        &mut old,
+                    );
+                    let mut new = Vec::new();
+                    let new_hash = encode_prepared(
+                        &decision.prepared_record(&ts, include_request),
+                        42,
+                        "sha256:prev",
+                        logged_at,
+                        &mut new,
+                    );
+                    assert_eq!(
+                        String::from_utf8_lossy(&new),
+                        String::from_utf8_lossy(&old),
+                        "{decision:?} include_request={include_request}"
+                    );
+                    assert_eq!(new_hash, old_hash);
+                }
+            }
+        }
     }
 
     #[test]

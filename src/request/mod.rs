@@ -53,7 +53,7 @@ pub struct Rejection {
 
 /// Steps 2–4 of SPEC §6 over a complete body.
 pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
-    let value = canonical::parse(body).map_err(|err| {
+    let mut value = canonical::parse(body).map_err(|err| {
         Box::new(Rejection {
             reason: ReasonCode::RequestParseError,
             request_hash: canonical::sha256_prefixed(body),
@@ -77,53 +77,60 @@ pub fn decode(body: &[u8]) -> Result<ExecRequest, Box<Rejection>> {
         }
     };
     let snapshot_ok = canonical::hash(fields.snapshot) == fields.snapshot_hash;
-    let normalized = fields.normalize();
-    let request_hash = canonical::hash(&normalized);
+    let request_id = fields.request_id.to_owned();
+    let profile_id = fields.profile_id.to_owned();
+    let profile_version = fields.profile_version.to_owned();
     if !snapshot_ok {
+        normalize(&mut value);
         return Err(Box::new(Rejection {
             reason: ReasonCode::CtxHashMismatch,
-            request_hash,
-            request_id: Some(fields.request_id.to_owned()),
-            profile: Some((
-                fields.profile_id.to_owned(),
-                fields.profile_version.to_owned(),
-            )),
+            request_hash: canonical::hash(&value),
+            request_id: Some(request_id),
+            profile: Some((profile_id, profile_version)),
             detail: "`context.snapshot_hash` is not the hash of `context.snapshot`".to_owned(),
-            normalized: Some(Arc::new(normalized)),
+            normalized: Some(Arc::new(value)),
         }));
     }
-    let intent_hash = intent_hash(&normalized);
+    let actor = Actor {
+        principal_id: fields.principal_id.to_owned(),
+        principal_type: fields.principal_type.to_owned(),
+        attributes: fields.attributes,
+    };
+    let tool_name = fields.tool_name.to_owned();
+    let approval_token = fields.approval_token.map(str::to_owned);
+    let nonce = fields.nonce.map(str::to_owned);
+    let submitted_at = fields.submitted_at.map(str::to_owned);
+    // The parsed body becomes the normalized request itself: copying it into a second tree
+    // cost more than everything else `decode` does besides parsing (issue 6).
+    normalize(&mut value);
+    let (request_hash, intent_hash) = match &value {
+        Value::Object(members) => canonical::hash_with_and_without(members, INTENT_OMITS),
+        other => (canonical::hash(other), canonical::hash(other)),
+    };
     Ok(ExecRequest {
-        request_id: fields.request_id.to_owned(),
-        actor: Actor {
-            principal_id: fields.principal_id.to_owned(),
-            principal_type: fields.principal_type.to_owned(),
-            attributes: fields.attributes.clone(),
-        },
-        tool_name: fields.tool_name.to_owned(),
-        profile_id: fields.profile_id.to_owned(),
-        profile_version: fields.profile_version.to_owned(),
-        approval_token: fields.approval_token.map(str::to_owned),
-        nonce: fields.nonce.map(str::to_owned),
-        submitted_at: fields.submitted_at.map(str::to_owned),
-        normalized: Arc::new(normalized),
+        request_id,
+        actor,
+        tool_name,
+        profile_id,
+        profile_version,
+        approval_token,
+        nonce,
+        submitted_at,
+        normalized: Arc::new(value),
         request_hash,
         intent_hash,
     })
 }
+
+/// What the intent hash leaves out of the normalized request: an approval cannot bind to
+/// itself, nor to when the request was sent.
+const INTENT_OMITS: &[&str] = &["controls", "submitted_at"];
 
 impl ExecRequest {
     /// The tool's arguments exactly as received: read from the normalized request, which
     /// already holds them, so a request carries one copy.
     pub fn tool_args(&self) -> &Value {
         &self.normalized["tool"]["args"]
-    }
-}
-
-fn intent_hash(normalized: &Value) -> String {
-    match normalized {
-        Value::Object(members) => canonical::hash_without(members, &["controls", "submitted_at"]),
-        other => canonical::hash(other),
     }
 }
 
@@ -134,66 +141,37 @@ struct Fields<'a> {
     principal_type: &'a str,
     attributes: BTreeMap<String, String>,
     tool_name: &'a str,
-    tool_args: &'a Value,
     profile_id: &'a str,
     profile_version: &'a str,
     snapshot: &'a Value,
     snapshot_hash: &'a str,
-    /// `None` when `controls` is absent or null; the reference normalizes those to `null`.
-    controls: Option<(Option<&'a str>, Option<&'a str>)>,
     approval_token: Option<&'a str>,
     nonce: Option<&'a str>,
     submitted_at: Option<&'a str>,
 }
 
-impl Fields<'_> {
-    fn normalize(&self) -> Value {
-        let controls = match self.controls {
-            None => Value::Null,
-            Some((token, nonce)) => Value::object([
-                ("approval_token", Value::from(token)),
-                ("nonce", Value::from(nonce)),
-            ]),
-        };
-        let attributes: Map = self
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-            .collect();
-        Value::object([
-            ("request_id", Value::from(self.request_id)),
-            (
-                "actor",
-                Value::object([
-                    ("principal_id", Value::from(self.principal_id)),
-                    ("principal_type", Value::from(self.principal_type)),
-                    ("attributes", Value::Object(attributes)),
-                ]),
-            ),
-            (
-                "tool",
-                Value::object([
-                    ("name", Value::from(self.tool_name)),
-                    ("args", self.tool_args.clone()),
-                ]),
-            ),
-            (
-                "profile",
-                Value::object([
-                    ("id", Value::from(self.profile_id)),
-                    ("version", Value::from(self.profile_version)),
-                ]),
-            ),
-            (
-                "context",
-                Value::object([
-                    ("snapshot", self.snapshot.clone()),
-                    ("snapshot_hash", Value::from(self.snapshot_hash)),
-                ]),
-            ),
-            ("controls", controls),
-            ("submitted_at", Value::from(self.submitted_at)),
-        ])
+/// Turns a request that passed [`read_fields`] into its normalized form (SPEC §4), in place:
+/// absent optional fields become `null`, absent `attributes` becomes `{}`, and a `controls`
+/// object gets both of its keys. The schema admits no other members, so what remains is
+/// exactly the normalized request.
+fn normalize(request: &mut Value) {
+    let Value::Object(root) = request else {
+        return;
+    };
+    insert_if_absent(root, "controls", Value::Null);
+    if let Some(Value::Object(controls)) = root.get_mut("controls") {
+        insert_if_absent(controls, "approval_token", Value::Null);
+        insert_if_absent(controls, "nonce", Value::Null);
+    }
+    insert_if_absent(root, "submitted_at", Value::Null);
+    if let Some(Value::Object(actor)) = root.get_mut("actor") {
+        insert_if_absent(actor, "attributes", Value::Object(Map::new()));
+    }
+}
+
+fn insert_if_absent(members: &mut Map, key: &str, value: Value) {
+    if !members.contains_key(key) {
+        members.insert(key.to_owned(), value);
     }
 }
 
@@ -252,20 +230,25 @@ fn read_fields(value: &Value) -> Result<Fields<'_>, String> {
         }
     };
 
+    // Read in this order so that the first of several errors is the one reported.
+    let request_id = root.non_empty_str("request_id")?;
+    let principal_id = actor.non_empty_str("principal_id")?;
+    let principal_type = actor.non_empty_str("principal_type")?;
+    let tool_name = tool.non_empty_str("name")?;
+    // Any JSON value; read back from the normalized request (`ExecRequest::tool_args`).
+    tool.required("args")?;
     Ok(Fields {
-        request_id: root.non_empty_str("request_id")?,
-        principal_id: actor.non_empty_str("principal_id")?,
-        principal_type: actor.non_empty_str("principal_type")?,
+        request_id,
+        principal_id,
+        principal_type,
         attributes,
-        tool_name: tool.non_empty_str("name")?,
-        tool_args: tool.required("args")?,
+        tool_name,
         profile_id: profile.non_empty_str("id")?,
         profile_version: profile.non_empty_str("version")?,
         snapshot: context.required("snapshot")?,
         snapshot_hash: context.non_empty_str("snapshot_hash")?,
         approval_token: controls.and_then(|(token, _)| token),
         nonce: controls.and_then(|(_, nonce)| nonce),
-        controls,
         submitted_at: root.nullable_str("submitted_at")?,
     })
 }

@@ -74,3 +74,95 @@ fn schema_errors_name_the_field() {
         );
     }
 }
+
+/// The normalized request as SPEC §4 words it, built member by member from the parsed body
+/// (what `decode` did before it normalized the parsed body in place).
+fn normalized_by_the_spec(body: &[u8]) -> Value {
+    let parsed = canonical::parse(body).unwrap();
+    let or_null = |v: &Value| v.clone();
+    let controls = match &parsed["controls"] {
+        Value::Object(_) => Value::object([
+            (
+                "approval_token",
+                or_null(&parsed["controls"]["approval_token"]),
+            ),
+            ("nonce", or_null(&parsed["controls"]["nonce"])),
+        ]),
+        _ => Value::Null,
+    };
+    let attributes = match parsed["actor"].get("attributes") {
+        Some(attributes) => attributes.clone(),
+        None => Value::object::<&str, 0>([]),
+    };
+    Value::object([
+        ("request_id", parsed["request_id"].clone()),
+        (
+            "actor",
+            Value::object([
+                ("principal_id", parsed["actor"]["principal_id"].clone()),
+                ("principal_type", parsed["actor"]["principal_type"].clone()),
+                ("attributes", attributes),
+            ]),
+        ),
+        ("tool", parsed["tool"].clone()),
+        ("profile", parsed["profile"].clone()),
+        ("context", parsed["context"].clone()),
+        ("controls", controls),
+        ("submitted_at", or_null(&parsed["submitted_at"])),
+    ])
+}
+
+// `decode` normalizes the parsed body in place and takes both hashes from one serialization;
+// both must equal the SPEC's definitions over a separately built normalized request.
+#[test]
+fn in_place_normalization_and_single_pass_hashes_match_the_spec() {
+    let extras = [
+        "",
+        r#","controls":null"#,
+        r#","controls":{}"#,
+        r#","controls":{"nonce":"n"}"#,
+        r#","controls":{"approval_token":"t","nonce":null},"submitted_at":"2026-01-01T00:00:00Z""#,
+        r#","submitted_at":null"#,
+    ];
+    for extra in extras {
+        for actor in [
+            "",
+            r#","attributes":{}"#,
+            r#","attributes":{"team":"finance","é":"\"x\""}"#,
+        ] {
+            let text = String::from_utf8(body(extra))
+                .unwrap()
+                .replace(
+                    r#""principal_type":"user""#,
+                    &format!(r#""principal_type":"user"{actor}"#),
+                )
+                .replace(
+                    r#""args":null"#,
+                    r#""args":{"to":"a@b","n":[1,2.5,{"z":null}]}"#,
+                );
+            let request = decode(text.as_bytes()).unwrap();
+            let expected = normalized_by_the_spec(text.as_bytes());
+            assert_eq!(*request.normalized, expected, "{text}");
+            assert_eq!(request.request_hash, canonical::hash(&expected), "{text}");
+            let mut intent = expected.as_object().unwrap().clone();
+            intent.remove("controls");
+            intent.remove("submitted_at");
+            assert_eq!(
+                request.intent_hash,
+                canonical::hash(&Value::Object(intent)),
+                "{text}"
+            );
+            assert_eq!(
+                request.tool_args()["n"].as_array().unwrap()[1],
+                Value::Number(canonical::Number::Float(2.5))
+            );
+            // A snapshot mismatch keeps the same normalized request and hash for the record.
+            let mismatch = text.replace(r#""snapshot":{"x":1}"#, r#""snapshot":{"x":2}"#);
+            let rejection = decode(mismatch.as_bytes()).unwrap_err();
+            assert_eq!(rejection.reason, ReasonCode::CtxHashMismatch);
+            let expected = normalized_by_the_spec(mismatch.as_bytes());
+            assert_eq!(rejection.normalized.as_deref(), Some(&expected));
+            assert_eq!(rejection.request_hash, canonical::hash(&expected));
+        }
+    }
+}

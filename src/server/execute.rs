@@ -233,9 +233,9 @@ async fn record_and_respond(
         received_at: rfc3339(arrival.wall),
         decided_at: rfc3339(decided),
     };
-    let record = decision.audit_record(&timestamps, gate.include_request);
+    let record = decision.prepared_record(&timestamps, gate.include_request);
     let appending = Instant::now();
-    let appended = gate.audit.append(record).await;
+    let appended = gate.audit.append_prepared(record).await;
     gate.metrics
         .audit_append_duration
         .observe(appending.elapsed().as_secs_f64());
