@@ -72,21 +72,27 @@ impl Decision {
     }
 
     /// The response body's canonical bytes, appended to `out`: byte for byte
+    /// The `approved_call` member's value: `{tool_args, tool_name}` for an ALLOW, else `null`;
+    /// the answer and the audit record carry the same bytes.
+    fn write_approved_call(&self, out: &mut Vec<u8>) {
+        match &self.approved_call {
+            Some((name, args)) => {
+                let mut call = ObjectWriter::new(out);
+                call.value("tool_args", args);
+                call.str("tool_name", name);
+                call.finish();
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
     /// `to_canonical(&self.body(audit))`, written without building the [`Value`] first (the
     /// hot path answers every request with it).
     pub fn write_body(&self, audit: Option<&AuditBlock>, out: &mut Vec<u8>) {
         let (profile_id, profile_version) = self.profile_ids();
         // INVARIANT: members in canonical (byte) order; `write_body_is_body` checks it.
         let mut body = ObjectWriter::new(out);
-        match &self.approved_call {
-            Some((name, args)) => {
-                let mut call = ObjectWriter::new(body.key("approved_call"));
-                call.value("tool_args", args);
-                call.str("tool_name", name);
-                call.finish();
-            }
-            None => body.null("approved_call"),
-        }
+        self.write_approved_call(body.key("approved_call"));
         match audit {
             Some(block) => {
                 // AuditBlock::to_value, member for member (write_body_is_body checks it).
@@ -201,15 +207,7 @@ impl Decision {
             block.str("kid", &approval.kid);
             block.finish();
         }
-        match &self.approved_call {
-            Some((name, args)) => {
-                let mut call = ObjectWriter::new(record.key("approved_call"));
-                call.value("tool_args", args);
-                call.str("tool_name", name);
-                call.finish();
-            }
-            None => record.null("approved_call"),
-        }
+        self.write_approved_call(record.key("approved_call"));
         record.str("decision_type", self.decision_type.as_str());
         if self.decision_type == DecisionType::Escalate {
             record.value("escalation", &self.escalation_value());
