@@ -203,6 +203,20 @@ struct Events {
     rotations: AtomicU64,
 }
 
+/// `bin` with an empty environment but for what any process needs: the gate must run on the
+/// configuration file alone, not on `ECL_*` variables or `RUST_LOG` the caller happens to have
+/// (a test in the same process may be setting them at that moment).
+fn clean_command(bin: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command.env_clear();
+    for name in ["PATH", "HOME", "TMPDIR", "LANG"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
 struct Gate {
     child: Child,
     addr: mpsc::Receiver<SocketAddr>,
@@ -210,11 +224,10 @@ struct Gate {
 
 impl Gate {
     fn spawn(bin: &Path, config: &Path, events: &Arc<Events>) -> Result<Gate> {
-        let mut child = Command::new(bin)
+        let mut child = clean_command(bin)
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -431,7 +444,7 @@ fn number(value: &Value) -> Option<u64> {
 
 /// Checks the log against every acknowledgment so far; counts into `summary`.
 fn check(options: &Options, audit_dir: &Path, acks: &[Ack], summary: &mut Summary) -> Result<()> {
-    let verify = Command::new(&options.bin)
+    let verify = clean_command(&options.bin)
         .arg("audit")
         .arg("verify")
         .arg(audit_dir)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seeds the fuzz corpora from the shared vectors and the test fixtures.
+# Seeds the fuzz corpora from the vendored vectors and the test fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p fuzz/corpus/{canonical,request,profile,decide,checkpoint}
@@ -8,9 +8,9 @@ import hashlib, json, pathlib
 def put(target, data):
     d = pathlib.Path("fuzz/corpus") / target
     (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
-for line in open("../shared/vectors/canonical.jsonl", encoding="utf-8"):
+for line in open("tests/vectors/canonical.jsonl", encoding="utf-8"):
     put("canonical", json.loads(line)["input"].encode("utf-8"))
-for line in open("../shared/vectors/request_hash.jsonl", encoding="utf-8"):
+for line in open("tests/vectors/request_hash.jsonl", encoding="utf-8"):
     body = json.loads(line)["request"].encode("utf-8")
     put("request", body); put("decide", body); put("canonical", body)
 for path in pathlib.Path("profiles").rglob("*.json"):

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::*;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/rfc6962");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/rfc6962");
 
 fn json_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

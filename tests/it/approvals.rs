@@ -9,11 +9,9 @@ use ecl_gate::canonical::{self, Value};
 
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
-
 /// Runs `ecl-gate keygen` into `dir`; returns the kid and the approver config.
 fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
-    let out = Command::new(BIN)
+    let out = gate_command()
         .args(["keygen", "--out"])
         .arg(dir)
         .output()
@@ -51,7 +49,7 @@ fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
 }
 
 fn approve(key: &Path, what: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = gate_command()
         .arg("approve")
         .arg("--key")
         .arg(key)

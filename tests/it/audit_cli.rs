@@ -13,8 +13,6 @@ use ecl_gate::canonical::Value;
 
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
-
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -73,7 +71,7 @@ fn tamper_last_line(path: &Path) {
 }
 
 fn serve(config: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = gate_command();
     command
         .arg("serve")
         .arg("--config")
@@ -158,7 +156,7 @@ fn output(command: &mut Command) -> (i32, String) {
 }
 
 fn verify(paths: &[&Path]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = gate_command()
         .arg("audit")
         .arg("verify")
         .args(paths)

@@ -10,14 +10,8 @@ use ecl_gate::canonical;
 use crate::cli::{get, post, spawn_serve_with_admin};
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
-
 fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let out = gate_command().args(args).current_dir(dir).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

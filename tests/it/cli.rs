@@ -9,10 +9,8 @@ use ecl_gate::canonical::{self, Value};
 
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
-
 fn run(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
+    let mut child = gate_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -115,7 +113,7 @@ pub fn spawn_serve_with_admin(
     dir: &Path,
     envs: &[(&str, &str)],
 ) -> (std::process::Child, String, String) {
-    let mut child = Command::new(BIN)
+    let mut child = gate_command()
         .arg("serve")
         .current_dir(dir)
         .env("ECL_LISTEN", "127.0.0.1:0")
@@ -189,7 +187,7 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
 #[test]
 fn serve_refuses_an_invalid_configuration_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
+    let out = gate_command()
         .current_dir(dir.path())
         .env("ECL_AUDIT__SYNC", "sometimes")
         .output()

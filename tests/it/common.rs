@@ -286,3 +286,19 @@ pub fn with(mut value: Value, path: &[&str], new: Option<Value>) -> Value {
     go(&mut value, path, new);
     value
 }
+
+/// The gate's binary with a clean environment. Tests that use `figment::Jail` set `ECL_*` and
+/// other variables for the whole test process; a gate spawned at that moment by another test
+/// would inherit them (a CI run once failed on the Dockerfile's `PROFILES_ROOT`). Every spawned
+/// gate therefore starts from nothing and is given what it needs explicitly.
+pub fn gate_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ecl-gate"));
+    command.env_clear();
+    // Only what a process needs to run at all, never an `ECL_*` or profile variable.
+    for name in ["PATH", "HOME", "TMPDIR", "LANG"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+}

@@ -26,7 +26,6 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::common::*;
 use crate::demo_tool;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
 const API_KEY: &str = "Bearer s3cret-injected-by-the-gate";
 const GATE_SEED: [u8; 32] = [42; 32];
 
@@ -756,7 +755,7 @@ fn grant_verify_from_the_shell() {
     std::fs::write(&body_file, &body).unwrap();
     let grant = sign(gate_key(), &body, DEMO_AUDIENCE, SystemTime::now());
     let run = |extra: &[&str], token: &str| {
-        Command::new(BIN)
+        gate_command()
             .args(["grant", "verify", "--pubkey"])
             .arg(&pubkey)
             .arg("--body")
@@ -799,7 +798,7 @@ fn grant_verify_honours_the_clock() {
     std::fs::write(&body_file, demo_body()).unwrap();
     let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let grant = sign(gate_key(), &demo_body(), DEMO_AUDIENCE, issued);
-    let out = Command::new(BIN)
+    let out = gate_command()
         .args(["grant", "verify", "--pubkey"])
         .arg(&pubkey)
         .arg("--body")
@@ -808,7 +807,7 @@ fn grant_verify_honours_the_clock() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let out = Command::new(BIN)
+    let out = gate_command()
         .args(["grant", "verify", "--pubkey"])
         .arg(&pubkey)
         .arg("--body")
@@ -847,7 +846,7 @@ fn serve_config(dir: &Path, tools: &[&str]) -> PathBuf {
 fn serve_refuses_to_start_when_an_allowed_tool_has_no_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let config = serve_config(dir.path(), &["email.send"]);
-    let out = Command::new(BIN)
+    let out = gate_command()
         .arg("--config")
         .arg(&config)
         .arg("serve")
@@ -871,7 +870,7 @@ fn serve_refuses_to_start_with_a_missing_credential() {
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str("headers = { Authorization = { env = \"DEMO_UNSET_CREDENTIAL_42\" } }\n");
     std::fs::write(&config, toml).unwrap();
-    let out = Command::new(BIN)
+    let out = gate_command()
         .arg("--config")
         .arg(&config)
         .env_remove("DEMO_UNSET_CREDENTIAL_42")

@@ -12,8 +12,6 @@ use ed25519_dalek::SigningKey;
 
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecl-gate");
-
 fn copy_profiles(to: &Path) {
     for (id, version) in [("example", "1.0.0"), ("ops", "1.0.0")] {
         std::fs::create_dir_all(to.join(id)).unwrap();
@@ -26,7 +24,7 @@ fn copy_profiles(to: &Path) {
 }
 
 fn replay(config: &Path, profiles: &Path, log: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = gate_command()
         .arg("--config")
         .arg(config)
         .arg("replay")
@@ -194,7 +192,7 @@ fn decide_dry_run_prints_the_decision_without_auditing() {
     let body = request("dry-1", "email.send", email_args("eve@evil.com", "hi"));
     std::fs::write(&file, canonical::to_canonical(&body)).unwrap();
     let run = |expect: &str| {
-        Command::new(BIN)
+        gate_command()
             .current_dir(dir.path())
             .env("ECL_AUDIT__PATH", dir.path().join("must-not-exist.log"))
             .args(["decide", "--request"])

@@ -3,10 +3,7 @@
 
 use ecl_gate::canonical::{hash, parse, sha256_prefixed, to_canonical, ParseErrorKind};
 
-const CANONICAL_JSONL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/vectors/canonical.jsonl"
-);
+const CANONICAL_JSONL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/canonical.jsonl");
 
 /// SPEC §3 states the count; a silently shortened file must not pass.
 const EXPECTED_CASES: usize = 372;
@@ -121,7 +118,7 @@ fn canonical_vectors() {
 
 const REQUEST_HASH_JSONL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/vectors/request_hash.jsonl"
+    "/tests/vectors/request_hash.jsonl"
 );
 
 /// `request_hash.jsonl` (SPEC §4): produced by the reference's own request model, so matching
