@@ -19,6 +19,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod profile;
 pub mod proxy;
+pub mod reason;
 pub mod replay;
 pub mod request;
 pub mod server;

@@ -12,6 +12,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub mod proxy;
+
 use crate::approval::{parse_public_key, Approvals};
 use crate::audit::SyncMode;
 
@@ -68,9 +70,9 @@ pub struct RawConfig {
     pub log: RawLog,
     // Proxy mode (issue 4); validated in `crate::proxy::config`, used only with `mode = "proxy"`.
     pub max_upstream_body_bytes: u64,
-    pub upstreams: std::collections::BTreeMap<String, crate::proxy::config::RawUpstream>,
-    pub grants: crate::proxy::config::RawGrants,
-    pub tls: crate::proxy::config::RawTls,
+    pub upstreams: std::collections::BTreeMap<String, proxy::RawUpstream>,
+    pub grants: proxy::RawGrants,
+    pub tls: proxy::RawTls,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,7 +156,7 @@ impl Default for RawConfig {
                 format: "pretty".into(),
                 include_args: false,
             },
-            max_upstream_body_bytes: crate::proxy::config::DEFAULT_MAX_UPSTREAM_BODY_BYTES,
+            max_upstream_body_bytes: proxy::DEFAULT_MAX_UPSTREAM_BODY_BYTES,
             upstreams: Default::default(),
             grants: Default::default(),
             tls: Default::default(),
@@ -196,7 +198,7 @@ pub struct Config {
     pub single_use_ledger: Option<PathBuf>,
     pub log: LogConfig,
     /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
-    pub proxy: Option<crate::proxy::ProxyConfig>,
+    pub proxy: Option<proxy::ProxyConfig>,
 }
 
 /// Bounds on what clients can make the gate hold at once.
@@ -411,7 +413,7 @@ impl RawConfig {
         let approvals = self.approvals.validate()?;
         // Upstreams and grants are read (credentials, keys) only when they will be used.
         let proxy = match mode {
-            Mode::Proxy => Some(crate::proxy::config::validate(
+            Mode::Proxy => Some(proxy::validate(
                 self.upstreams,
                 self.grants,
                 self.tls,

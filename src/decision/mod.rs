@@ -4,7 +4,6 @@
 //! value computed from its arguments: no I/O, no clock but the `now` it is handed, no
 //! hash-map iteration order. A DENY is data to be audited, never an `Err`.
 
-mod reason;
 mod render;
 mod rules;
 
@@ -13,10 +12,11 @@ use std::time::SystemTime;
 
 use crate::approval::{Approval, Approvals};
 use crate::canonical::{self, Value};
-use crate::profile::{Profile, ProfileError, Severity, ToolPolicy};
+use crate::profile::{Severity, ToolPolicy};
 use crate::request::{ExecRequest, Rejection};
 
-pub use reason::{DecisionType, ReasonCode};
+pub use crate::profile::{no_profile_hash, ProfileLookup};
+pub use crate::reason::{DecisionType, ReasonCode};
 pub use render::{AuditBlock, Timestamps};
 
 /// Name, version and build of this gate, as the decision's `runtime` block reports them.
@@ -55,9 +55,6 @@ impl Context {
         }
     }
 }
-
-/// The outcome of looking a profile up: what `decide` needs of the profile store.
-pub type ProfileLookup = Result<Arc<Profile>, ProfileError>;
 
 /// What the gate managed to read of one execution attempt.
 #[derive(Debug, Clone, Copy)]
@@ -104,11 +101,6 @@ pub struct Escalation {
 
 /// The rule name an ESCALATE for a missing approval token reports.
 pub const APPROVAL_CONTROL: &str = "required_controls.approval_token";
-
-/// `profile_ref_hash` when no profile bytes could be read (SPEC §4).
-pub fn no_profile_hash() -> String {
-    canonical::sha256_prefixed(b"NO_PROFILE")
-}
 
 /// `provenance_id` of SPEC §4.
 pub fn provenance_id(profile_ref_hash: &str, request_hash: &str, runtime: &Runtime) -> String {

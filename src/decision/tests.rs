@@ -11,6 +11,7 @@ use super::*;
 use crate::approval::{sign, Grant};
 use crate::canonical::{parse, to_canonical};
 use crate::profile::parse_profile;
+use crate::profile::Profile;
 use crate::request::decode;
 
 /// The decision time every table case is decided at.

@@ -8,13 +8,22 @@ mod parse;
 mod store;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use regex::Regex;
 
-use crate::decision::{no_profile_hash, ReasonCode};
+use crate::reason::ReasonCode;
 
 pub use parse::parse_profile;
 pub use store::{is_valid_ref, ProfileStore, MAX_PROFILE_BYTES};
+
+/// The outcome of looking a profile up: what `decide` needs of the profile store.
+pub type ProfileLookup = Result<Arc<Profile>, ProfileError>;
+
+/// `profile_ref_hash` when no profile bytes could be read (SPEC §4).
+pub fn no_profile_hash() -> String {
+    crate::canonical::sha256_prefixed(b"NO_PROFILE")
+}
 
 /// A loaded, validated profile version. Immutable once built.
 #[derive(Debug)]

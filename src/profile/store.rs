@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::decision::ProfileLookup;
+use super::ProfileLookup;
 
 use super::{parse_profile, Profile, ProfileError};
 
@@ -98,7 +98,7 @@ impl ProfileStore {
             ReadError::TooLarge => ProfileError::Invalid {
                 id: id.to_owned(),
                 version: version.to_owned(),
-                ref_hash: crate::decision::no_profile_hash(),
+                ref_hash: super::no_profile_hash(),
                 message: format!("file is larger than {MAX_PROFILE_BYTES} bytes"),
             },
         })?;

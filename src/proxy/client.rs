@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
-use super::config::{ProxyConfig, Upstream};
+use crate::config::proxy::{ProxyConfig, Upstream};
 
 /// How long an idle pooled connection to a tool is kept.
 const POOL_IDLE: Duration = Duration::from_secs(30);

@@ -13,7 +13,6 @@
 //! - `client`: the pooled HTTP/1.1 + HTTP/2 client over rustls.
 
 pub mod client;
-pub mod config;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,8 +28,8 @@ use crate::decision::{AuditBlock, Decision, DecisionType};
 use crate::grant::{GrantClaims, GrantSigner, GrantedCall};
 use crate::profile::ProfileStore;
 
+pub use crate::config::proxy::{ProxyConfig, Upstream};
 pub use client::{Answer, ClientError, UpstreamClient, UpstreamError};
-pub use config::{ProxyConfig, Upstream};
 
 /// The forwarding half of the gate in proxy mode.
 #[derive(Debug)]

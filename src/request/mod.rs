@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::canonical::{self, Map, Value};
-use crate::decision::ReasonCode;
+use crate::reason::ReasonCode;
 use crate::strict::Strict;
 
 /// A request that passed parse, schema and snapshot-hash checks.

@@ -2,7 +2,6 @@
 //! ALLOWed; the token never transfers to another request and, single-use, never counts twice.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ecl_gate::approval::{parse_public_key, Approvals};
 use ecl_gate::canonical::{self, Value};

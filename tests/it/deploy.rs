@@ -189,7 +189,7 @@ fn check_gate_env(env: &[(String, String)], gate_toml: Option<&Path>) -> Option<
         raw.grants.signing_key = Some(jail.directory().join("grant.key"));
         for upstream in raw.upstreams.values_mut() {
             for value in upstream.headers.values_mut() {
-                if let ecl_gate::proxy::config::RawHeaderValue::File(file) = value {
+                if let ecl_gate::config::proxy::RawHeaderValue::File(file) = value {
                     file.file = jail.directory().join("token");
                 }
             }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use ecl_gate::audit::verify_files;
 use ecl_gate::canonical::{self, Value};
+use ecl_gate::config::proxy::{validate, FileRef, RawGrants, RawHeaderValue, RawTls, RawUpstream};
 use ecl_gate::grant::{verify_grant, GrantSigner, GrantVerifier, GrantedCall};
-use ecl_gate::proxy::config::{validate, FileRef, RawGrants, RawHeaderValue, RawTls, RawUpstream};
 use ecl_gate::proxy::ProxyConfig;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey, KeypairBytes};
 use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -2,7 +2,6 @@
 //! profile changed by one byte makes the replay fail loudly. Also `ecl-gate decide`, the dry run.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ecl_gate::approval::{key_id, sign, Approvals, Grant};

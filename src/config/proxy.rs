@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use super::ConfigError;
 use crate::grant::{GrantSigner, MAX_LIFETIME};
 
 /// Default for `upstreams.*.timeout_ms`: connect, send and the whole answer.

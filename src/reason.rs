@@ -1,4 +1,7 @@
 //! Decision types and reason codes, spelled exactly as on the wire (SPEC §5).
+//!
+//! Below every other module: request and profile parsing report reason codes too, and the
+//! decision imports them, so the codes live here and nothing here imports anything.
 
 use std::fmt;
 
