@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod approval;
+pub mod approver;
 pub mod audit;
 pub mod canonical;
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod jws;
 pub mod load;
 pub mod merkle;
 pub mod metrics;
+pub mod notify;
 pub mod profile;
 pub mod proxy;
 pub mod reason;

@@ -22,6 +22,11 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     build: &'static str,
@@ -40,6 +45,9 @@ pub struct Metrics {
     pub checkpoint_failures: Counter,
     pub in_flight: Gauge,
     pub profiles_loaded: Gauge,
+    notifications: Family<OutcomeLabels, Counter>,
+    /// ESCALATE record written → notification accepted by the receiver.
+    pub notification_latency: Histogram,
 }
 
 /// Latency buckets from 25 µs to about 0.8 s.
@@ -110,6 +118,18 @@ impl Metrics {
             "Profile versions loaded and cached",
             profiles_loaded.clone(),
         );
+        let notifications = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "ecl_escalation_notifications",
+            "Escalation notification attempts by outcome: delivered, retried (an attempt failed), refused (4xx), expired (given up), dropped (queue full)",
+            notifications.clone(),
+        );
+        let notification_latency = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        registry.register(
+            "ecl_escalation_notification_seconds",
+            "Time from an ESCALATE's record written to its notification accepted, retries included",
+            notification_latency.clone(),
+        );
         registry.register(
             "ecl_build",
             "Version and build of this gate",
@@ -130,6 +150,8 @@ impl Metrics {
             checkpoint_failures,
             in_flight,
             profiles_loaded,
+            notifications,
+            notification_latency,
         }
     }
 
@@ -144,6 +166,13 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition.
+    /// Counts one escalation notification outcome (see `crate::notify`).
+    pub fn notification(&self, outcome: &'static str) {
+        self.notifications
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut text = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.

@@ -4,6 +4,7 @@
 //! profile, a bad input); 2 usage errors (from clap); 3 the configuration is invalid.
 
 mod approve;
+mod approver;
 mod audit;
 mod decide;
 mod grant;
@@ -12,6 +13,7 @@ mod load;
 mod profiles;
 mod replay;
 mod serve;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +113,11 @@ enum Command {
     /// Grant tools (proxy mode): verify an `ECL-Grant` as a tool would
     #[command(subcommand)]
     Grant(grant::GrantCommand),
+    /// The approval inbox service (`approver serve`) and its password tool
+    #[command(subcommand)]
+    Approver(approver::ApproverCommand),
+    /// Wait for an approver's decision on an escalation; print the approval token
+    WaitApproval(wait::WaitArgs),
     /// Send load to a running gate; report OK/FAIL, decisions, throughput and latency
     Load(Box<load::LoadArgs>),
 }
@@ -154,6 +161,8 @@ pub fn run() -> ExitCode {
         Command::Profiles(command) => profiles::run(command, config),
         Command::Grant(command) => grant::run(command),
         Command::Load(args) => load::run(&args),
+        Command::Approver(command) => approver::run(command),
+        Command::WaitApproval(args) => wait::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -90,6 +90,13 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             gate.used_tokens = Some(Arc::new(ledger));
         }
         gate.proxy = proxy;
+        if let Some(escalations) = &config.escalations {
+            let notifier =
+                crate::notify::Notifier::spawn(escalations, config.approvals.max_ttl, Arc::clone(&metrics))
+                    .map_err(|err| anyhow::anyhow!("cannot set up escalation notifications: {err}"))?;
+            tracing::info!(notify = %escalations.url, kid = %escalations.kid, "escalations are reported, signed");
+            gate.notifier = Some(notifier);
+        }
         let gate = Arc::new(gate);
         let server = Server::bind(config.listen, Arc::clone(&gate))
             .await
@@ -281,6 +288,17 @@ fn proxy_mode(
     Ok(Ok(Some(Arc::new(proxy))))
 }
 
+/// Logging for commands without the gate's configuration: `RUST_LOG`, else `info`, to stderr.
+pub(crate) fn init_plain_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -294,7 +312,7 @@ fn init_logging(config: &Config) {
     };
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

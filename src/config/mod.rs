@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub mod escalations;
 pub mod proxy;
 
 use crate::approval::{parse_public_key, Approvals};
@@ -73,6 +74,7 @@ pub struct RawConfig {
     pub upstreams: std::collections::BTreeMap<String, proxy::RawUpstream>,
     pub grants: proxy::RawGrants,
     pub tls: proxy::RawTls,
+    pub escalations: escalations::RawEscalations,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +162,7 @@ impl Default for RawConfig {
             upstreams: Default::default(),
             grants: Default::default(),
             tls: Default::default(),
+            escalations: Default::default(),
         }
     }
 }
@@ -199,6 +202,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
     pub proxy: Option<proxy::ProxyConfig>,
+    /// Where ESCALATEs are reported, signed; `None` when `escalations.notify` is empty.
+    pub escalations: Option<escalations::EscalationConfig>,
 }
 
 /// Bounds on what clients can make the gate hold at once.
@@ -411,6 +416,7 @@ impl RawConfig {
             None
         };
         let approvals = self.approvals.validate()?;
+        let escalations = self.escalations.validate(&self.tls)?;
         // Upstreams and grants are read (credentials, keys) only when they will be used.
         let proxy = match mode {
             Mode::Proxy => Some(proxy::validate(
@@ -423,6 +429,7 @@ impl RawConfig {
         };
         Ok(Config {
             proxy,
+            escalations,
             approvals,
             single_use_ledger,
             listen,
@@ -550,7 +557,7 @@ fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigErro
     })
 }
 
-fn in_range(
+pub(crate) fn in_range(
     key: &'static str,
     value: u64,
     range: std::ops::RangeInclusive<u64>,
@@ -566,7 +573,7 @@ fn in_range(
 }
 
 /// Every range above fits a 32-bit `usize`.
-fn to_usize(value: u64) -> usize {
+pub(crate) fn to_usize(value: u64) -> usize {
     usize::try_from(value).unwrap_or(usize::MAX)
 }
 

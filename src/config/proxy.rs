@@ -265,7 +265,7 @@ fn warn_if_readable_by_others(path: &Path) {
 #[cfg(not(unix))]
 fn warn_if_readable_by_others(_path: &Path) {}
 
-fn ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+pub(crate) fn ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let key = || "tls.ca_file".to_owned();
     let bytes = std::fs::read(path)
         .map_err(|err| invalid(key(), format!("cannot read `{}`: {err}", path.display())))?;

@@ -247,6 +247,10 @@ async fn record_and_respond(
                 prev_hash: receipt.prev_hash,
                 record_hash: receipt.record_hash,
             };
+            // The report leaves only once its record exists: the approver can cite it.
+            if let Some(notifier) = &gate.notifier {
+                notifier.escalated(&decision, &block, decided);
+            }
             (StatusCode::OK, decision, Some(block))
         }
         Err(err) => {

@@ -33,6 +33,8 @@ pub struct Gate {
     pub used_tokens: Option<Arc<UsedTokens>>,
     /// Proxy mode: forwards ALLOWed calls after their decision record is written.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// `escalations.notify`: reports every ESCALATE after its record is written.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 impl Gate {
@@ -51,6 +53,7 @@ impl Gate {
             log_args: config.log.include_args,
             used_tokens: None,
             proxy: None,
+            notifier: None,
         }
     }
 }
