@@ -1221,7 +1221,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 36);
+    assert_eq!(keys, 41);
 }
 
 #[test]
@@ -1235,6 +1235,7 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[approvals]\nmax_ttl = \"1h 30m\"\nclock_skew = \"1.5s\"\nsingle_use = true",
         "[log]\nformat = \"json\"\nlevel = \"ecl_gate=debug\"",
         "shutdown_grace_ms = 0",
+        "[escalations]\nnotify = \"\"\nqueue_capacity = 1",
     ];
     for text in good {
         config_loads(text).unwrap_or_else(|err| panic!("gate refuses `{text}`: {err}"));
@@ -1269,6 +1270,9 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[log]\nformat = \"xml\"",
         "[log]\ninclude_args = \"yes\"",
         "[metrics]\nenabled = true",
+        "[escalations]\nnotify = \"ftp://approver/x\"",
+        "[escalations]\nqueue_capacity = 0",
+        "[escalations]\ntimeout_ms = 600001",
     ];
     for text in bad {
         assert!(config_loads(text).is_err(), "the gate accepts `{text}`");
@@ -1282,5 +1286,5 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         good.len(),
         bad.len()
     );
-    assert_eq!((good.len(), bad.len()), (7, 28));
+    assert_eq!((good.len(), bad.len()), (8, 31));
 }
