@@ -102,6 +102,11 @@ fn status_cell(status: &Status) -> &'static str {
     }
 }
 
+/// Pending rows on one page: a person works from the top, and the page stays fast however
+/// many wait.
+pub const MAX_ROWS: usize = 200;
+const MAX_DECIDED_ROWS: usize = 50;
+
 /// The inbox: pending escalations first, newest first; then recent decisions.
 pub fn inbox(entries: &[&Entry], now: u64, identity: (&str, &str)) -> String {
     let (pending, decided): (Vec<&&Entry>, Vec<&&Entry>) = entries
@@ -111,11 +116,22 @@ pub fn inbox(entries: &[&Entry], now: u64, identity: (&str, &str)) -> String {
     if pending.is_empty() {
         body.push_str("<p id=\"empty\">Nothing waits for a decision.</p>");
     } else {
-        table(&mut body, &pending, now);
+        table(&mut body, &pending[..pending.len().min(MAX_ROWS)], now);
+        if pending.len() > MAX_ROWS {
+            let _ = write!(
+                body,
+                "<p id=\"more\">and {} older ones, shown once these are decided</p>",
+                pending.len() - MAX_ROWS
+            );
+        }
     }
     if !decided.is_empty() {
         body.push_str("<h2>Decided</h2>");
-        table(&mut body, &decided, now);
+        table(
+            &mut body,
+            &decided[..decided.len().min(MAX_DECIDED_ROWS)],
+            now,
+        );
     }
     layout("Inbox", Some(identity), &body)
 }

@@ -284,6 +284,26 @@ fn page(status: StatusCode, html: String) -> Response {
 }
 
 fn unauthenticated(app: &App) -> Response {
+    redirect_or_refuse(app, true)
+}
+
+/// A form sent without a signed-in approver is refused outright, never redirected.
+fn unauthenticated_post(app: &App) -> Response {
+    redirect_or_refuse(app, false)
+}
+
+fn redirect_or_refuse(app: &App, may_redirect: bool) -> Response {
+    if app.passwords.is_some() && !may_redirect {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            pages::message(
+                "Not signed in",
+                None,
+                "sign in first: nothing was decided",
+                false,
+            ),
+        );
+    }
     if app.passwords.is_some() {
         let mut response = StatusCode::SEE_OTHER.into_response();
         response
@@ -435,7 +455,7 @@ async fn approve(
     Form(form): Form<ApproveForm>,
 ) -> Response {
     let Some(approver) = who(&app, &headers) else {
-        return unauthenticated(&app);
+        return unauthenticated_post(&app);
     };
     if let Err(refused) = check_form(&app, &headers, &approver, form.csrf.as_deref()) {
         return *refused;
@@ -531,7 +551,7 @@ async fn reject(
     Form(form): Form<RejectForm>,
 ) -> Response {
     let Some(approver) = who(&app, &headers) else {
-        return unauthenticated(&app);
+        return unauthenticated_post(&app);
     };
     if let Err(refused) = check_form(&app, &headers, &approver, form.csrf.as_deref()) {
         return *refused;
@@ -696,7 +716,7 @@ struct LogoutForm {
 
 async fn logout(State(app): Shared, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
     let Some(approver) = who(&app, &headers) else {
-        return unauthenticated(&app);
+        return unauthenticated_post(&app);
     };
     if let Err(refused) = check_form(&app, &headers, &approver, form.csrf.as_deref()) {
         return *refused;

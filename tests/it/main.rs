@@ -4,6 +4,7 @@
 
 mod admin;
 mod approvals;
+mod approver;
 mod audit;
 mod audit_cli;
 mod checkpoints;

@@ -1,0 +1,999 @@
+//! Escalations reach a human, end to end with the real binaries: the gate notifies
+//! `ecl-gate approver serve`, an approver signs in and decides over HTTP, the agent's
+//! `wait-approval` gets the token (or the reason), and the resent request is ALLOWed. Also
+//! every refusal: forged or unsigned notifications, no sign-in, no CSRF token, an expired
+//! escalation, approving twice, two approvers racing; and the approver's audit log verifies
+//! and shows tampering. The browser drives the same flow in `browser.rs`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ecl_gate::canonical::{self, Value};
+
+use crate::cli::spawn_serve_with_admin;
+use crate::common::*;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A plain HTTP/1.1 exchange (one connection, closed after), enough for HTML and JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `name=value` of the `Set-Cookie` for `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .filter_map(|(_, v)| v.split(';').next())
+            .find(|pair| pair.starts_with(&format!("{name}=")))
+            .map(str::to_owned)
+    }
+
+    pub fn json(&self) -> Value {
+        canonical::parse(self.body.as_bytes()).unwrap_or(Value::Null)
+    }
+}
+
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(90)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&response[split + 4..]).into_owned(),
+    }
+}
+
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".to_owned(),
+                b => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A spawned `approver serve`, killed when dropped; its log kept for assertions.
+pub struct ApproverProcess {
+    child: Child,
+    pub inbox: String,
+    pub agent: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for ApproverProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keys, passwords and config files of one test world.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub keys: PathBuf,
+    pub state: PathBuf,
+}
+
+fn keygen(dir: &Path, kid: &str) {
+    let out = gate_command()
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .args(["--kid", kid])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn passwd(name: &str) -> String {
+    let mut child = gate_command()
+        .args(["approver", "passwd", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        keygen(&keys, "gate1");
+        keygen(&keys, "approver1");
+        let passwords = format!("# approvers\n{}{}", passwd("alice"), passwd("bob"));
+        std::fs::write(dir.path().join("passwords"), passwords).unwrap();
+        let state = dir.path().join("approver-state");
+        World { dir, keys, state }
+    }
+
+    pub fn approver(&self) -> ApproverProcess {
+        self.approver_on("127.0.0.1:0")
+    }
+
+    // The process is owned by the returned handle, which kills and reaps it.
+    #[allow(clippy::zombie_processes)]
+    pub fn approver_on(&self, agent_listen: &str) -> ApproverProcess {
+        let mut child = gate_command()
+            .args([
+                "approver",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-listen",
+                agent_listen,
+            ])
+            .arg("--key")
+            .arg(self.keys.join("approver1.key"))
+            .arg("--gate-key")
+            .arg(format!("gate1={}", self.keys.join("gate1.pub").display()))
+            .arg("--passwords")
+            .arg(self.dir.path().join("passwords"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(["--kid", "approver1", "--max-ttl", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "approver did not report its addresses"
+            );
+            let line = lines
+                .next()
+                .expect("approver exited before serving")
+                .unwrap();
+            if let Some(rest) = line.split("inbox on http://").nth(1) {
+                let inbox = rest.split('/').next().unwrap().to_owned();
+                let agent = line
+                    .split("notifications on http://")
+                    .nth(1)
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                let logs = Arc::new(Mutex::new(Vec::new()));
+                let keep = Arc::clone(&logs);
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        keep.lock().unwrap().push(line);
+                    }
+                });
+                return ApproverProcess {
+                    child,
+                    inbox,
+                    agent,
+                    logs,
+                };
+            }
+        }
+    }
+
+    /// A gate (real binary) that reports escalations to `approver` and trusts its key.
+    pub fn gate(
+        &self,
+        approver: &ApproverProcess,
+        max_ttl: &str,
+        extra_toml: &str,
+    ) -> (GateProcess, String) {
+        let config = self.dir.path().join("gate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[approvals]\nmax_ttl = \"{max_ttl}\"\n[approvals.keys.approver1]\nfile = \"{}\"\n\
+                 [escalations]\nnotify = \"http://{}/v1/notifications\"\nsigning_key = \"{}\"\nkid = \"gate1\"\n{extra_toml}",
+                self.keys.join("approver1.pub").display(),
+                approver.agent,
+                self.keys.join("gate1.key").display(),
+            ),
+        )
+        .unwrap();
+        let gate_dir = self.dir.path().join("gate");
+        std::fs::create_dir_all(&gate_dir).unwrap();
+        let (child, addr, _) = spawn_serve_with_admin(
+            &gate_dir,
+            &[
+                ("ECL_CONFIG", config.to_str().unwrap()),
+                ("ECL_AUDIT__INCLUDE_REQUEST", "true"),
+            ],
+        );
+        (GateProcess(child), addr)
+    }
+}
+
+pub struct GateProcess(pub Child);
+
+impl Drop for GateProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn deploy(request_id: &str, service: &str) -> Value {
+    request_for(
+        "ops",
+        "1.0.0",
+        request_id,
+        "deploy.run",
+        Value::object([("service", service.into()), ("version", "1.4.2".into())]),
+    )
+}
+
+pub fn execute(gate: &str, request: &Value) -> Value {
+    crate::cli::post(gate, &canonical::to_canonical(request))
+}
+
+pub fn with_token(request: &Value, token: &str) -> Value {
+    with(
+        request.clone(),
+        &["controls"],
+        Some(Value::object([("approval_token", token.into())])),
+    )
+}
+
+/// Waits until the approver knows `intent` (the notification arrived).
+pub fn wait_known(agent: &str, intent: &str) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = http(agent, "GET", &format!("/v1/approvals/{intent}"), &[], b"");
+        if answer.status != 404 {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the notification for {intent} never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Signs in through the form; returns the session cookie (`name=value`).
+pub fn sign_in(inbox: &str, user: &str, password: &str) -> Result<String, Answer> {
+    let page = http(inbox, "GET", "/login", &[], b"");
+    assert_eq!(page.status, 200);
+    let nonce_cookie = page.cookie("ecl_approver_login").unwrap();
+    let nonce = nonce_cookie.split('=').nth(1).unwrap();
+    let body = form(&[("csrf", nonce), ("user", user), ("password", password)]);
+    let answer = http(
+        inbox,
+        "POST",
+        "/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &nonce_cookie),
+        ],
+        body.as_bytes(),
+    );
+    match answer.cookie("ecl_approver_session") {
+        Some(session) if answer.status == 303 => Ok(session),
+        _ => Err(answer),
+    }
+}
+
+/// The CSRF token in a page's forms.
+pub fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+pub fn post_form(inbox: &str, path: &str, session: &str, pairs: &[(&str, &str)]) -> Answer {
+    http(
+        inbox,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", session),
+        ],
+        form(pairs).as_bytes(),
+    )
+}
+
+pub fn wait_approval(agent: &str, intent: &str, timeout: &str) -> (i32, String, String) {
+    let out = gate_command()
+        .args([
+            "wait-approval",
+            "--approver",
+            &format!("http://{agent}"),
+            "--intent-hash",
+            intent,
+        ])
+        .args(["--timeout", timeout, "--poll", "5s"])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn approver_records(world: &World) -> Vec<Value> {
+    read_records(&world.state.join("approver-audit.log"))
+}
+
+fn audit_verify(path: &Path) -> (i32, String) {
+    let out = gate_command()
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn an_approval_in_the_inbox_lets_the_agent_resume_and_a_rejection_stops_it() {
+    let world = World::new();
+    let approver = world.approver();
+    let (_gate, gate) = world.gate(&approver, "1h", "");
+
+    // Agent: ESCALATE.
+    let request = deploy("deploy-1", "billing");
+    let escalated = execute(&gate, &request);
+    assert_eq!(
+        escalated["decision_type"].str(),
+        "ESCALATE",
+        "{escalated:?}"
+    );
+    let intent = escalated["escalation"]["intent_hash"].str().to_owned();
+
+    // The notification arrives without anyone copying anything.
+    let pending = wait_known(&approver.agent, &intent);
+    assert_eq!(pending.status, 202, "{}", pending.body);
+    assert_eq!(pending.json()["status"].str(), "pending");
+
+    // The agent waits in the background while alice decides.
+    let agent = approver.agent.clone();
+    let waiting = {
+        let intent = intent.clone();
+        std::thread::spawn(move || wait_approval(&agent, &intent, "60s"))
+    };
+
+    let session = sign_in(&approver.inbox, "alice", PASSWORD).unwrap();
+    let inbox = http(&approver.inbox, "GET", "/", &[("Cookie", &session)], b"");
+    assert_eq!(inbox.status, 200);
+    assert!(
+        inbox.body.contains("deploy.run") && inbox.body.contains(&intent),
+        "{}",
+        inbox.body
+    );
+    let detail = http(
+        &approver.inbox,
+        "GET",
+        &format!("/escalations/{intent}"),
+        &[("Cookie", &session)],
+        b"",
+    );
+    assert_eq!(detail.status, 200);
+    // Exactly what would run: the arguments, pretty-printed, and why it was escalated.
+    assert!(
+        detail
+            .body
+            .contains("&quot;service&quot;: &quot;billing&quot;"),
+        "{}",
+        detail.body
+    );
+    assert!(
+        detail.body.contains("required_controls.approval_token"),
+        "{}",
+        detail.body
+    );
+    assert!(detail.body.contains("ops@1.0.0"));
+    let csrf = csrf_of(&detail.body);
+    let approved = post_form(
+        &approver.inbox,
+        &format!("/escalations/{intent}/approve"),
+        &session,
+        &[("csrf", &csrf), ("ttl", "900")],
+    );
+    assert_eq!(approved.status, 200, "{}", approved.body);
+
+    let (code, token, stderr) = waiting.join().unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("approved by `alice`"), "{stderr}");
+    let allowed = execute(&gate, &with_token(&request, &token));
+    assert_eq!(allowed["decision_type"].str(), "ALLOW", "{allowed:?}");
+
+    // The token is the gate's own kind: iss is alice, sub the intent, kid the approver's key.
+    let claims = token.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .unwrap();
+    let claims = canonical::parse(&claims).unwrap();
+    assert_eq!(claims["iss"].str(), "alice");
+    assert_eq!(claims["sub"].str(), intent);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+
+    // Reject: the agent's wait fails with the reason, and nothing is allowed.
+    let other = deploy("deploy-2", "payments");
+    let escalated = execute(&gate, &other);
+    let rejected_intent = escalated["escalation"]["intent_hash"].str().to_owned();
+    wait_known(&approver.agent, &rejected_intent);
+    let detail = http(
+        &approver.inbox,
+        "GET",
+        &format!("/escalations/{rejected_intent}"),
+        &[("Cookie", &session)],
+        b"",
+    );
+    let rejected = post_form(
+        &approver.inbox,
+        &format!("/escalations/{rejected_intent}/reject"),
+        &session,
+        &[
+            ("csrf", &csrf_of(&detail.body)),
+            ("reason", "payments is frozen until Monday"),
+        ],
+    );
+    assert_eq!(rejected.status, 200, "{}", rejected.body);
+    let answer = http(
+        &approver.agent,
+        "GET",
+        &format!("/v1/approvals/{rejected_intent}"),
+        &[],
+        b"",
+    );
+    assert_eq!(answer.status, 403);
+    assert_eq!(
+        answer.json()["reason"].str(),
+        "payments is frozen until Monday"
+    );
+    let (code, no_token, stderr) = wait_approval(&approver.agent, &rejected_intent, "10s");
+    assert_eq!((code, no_token.as_str()), (1, ""), "{stderr}");
+    assert!(
+        stderr.contains("rejected by `alice`: payments is frozen until Monday"),
+        "{stderr}"
+    );
+
+    // The approver's audit log: received, approved, received, rejected — chained, verifiable.
+    let records = approver_records(&world);
+    let kinds: Vec<&str> = records.iter().map(|r| r["record_type"].str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "escalation_received",
+            "approval",
+            "escalation_received",
+            "rejection"
+        ]
+    );
+    assert_eq!(records[1]["approver"].str(), "alice");
+    assert_eq!(records[1]["intent_hash"].str(), intent);
+    assert_eq!(records[1]["jti"].str(), claims["jti"].str());
+    assert_eq!(
+        records[3]["reason"].str(),
+        "payments is frozen until Monday"
+    );
+    // The received record cites the gate's ESCALATE record.
+    let gate_records = read_records(
+        &std::fs::read_dir(world.dir.path().join("gate/logs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    );
+    let escalate = gate_records
+        .iter()
+        .find(|r| r["decision_type"].str() == "ESCALATE")
+        .unwrap();
+    assert_eq!(
+        records[0]["gate_record"]["record_hash"],
+        escalate["integrity"]["record_hash"]
+    );
+    assert!(
+        !std::fs::read_to_string(world.state.join("approver-audit.log"))
+            .unwrap()
+            .contains(&token),
+        "the token itself never reaches the audit log"
+    );
+    let (code, out) = audit_verify(&world.state.join("approver-audit.log"));
+    assert_eq!(code, 0, "{out}");
+
+    // Tampering (alice becomes mallory) is detected.
+    let path = world.state.join("approver-audit.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("\"approver\":\"alice\"", "\"approver\":\"mallory\"", 1),
+    )
+    .unwrap();
+    let (code, out) = audit_verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("seq 1"), "{out}");
+}
+
+#[test]
+fn notifications_without_a_valid_gate_signature_are_refused() {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let world = World::new();
+    let approver = world.approver();
+    let post = |body: &[u8]| {
+        http(
+            &approver.agent,
+            "POST",
+            "/v1/notifications",
+            &[("Content-Type", "application/jose")],
+            body,
+        )
+    };
+
+    let missing = post(b"");
+    assert_eq!(missing.status, 400);
+    assert!(
+        missing.json()["error"]
+            .str()
+            .contains("notification is empty"),
+        "{}",
+        missing.body
+    );
+    let garbage = post(b"{\"intent_hash\":\"sha256:00\"}");
+    assert_eq!(garbage.status, 400);
+    assert!(
+        garbage.json()["error"].str().contains("not a valid JWS"),
+        "{}",
+        garbage.body
+    );
+
+    let notification = sample_notification();
+    // Signed by a key the approver does not trust, under the trusted kid.
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let forged = post(ecl_gate::notify::wire::sign(&stranger, "gate1", &notification).as_bytes());
+    assert_eq!(forged.status, 403);
+    assert_eq!(
+        forged.json()["error"].str(),
+        "notification signature does not verify"
+    );
+    let unknown = post(ecl_gate::notify::wire::sign(&stranger, "gate9", &notification).as_bytes());
+    assert_eq!(unknown.status, 403);
+    assert_eq!(
+        unknown.json()["error"].str(),
+        "notification is signed with unknown gate key `gate9`"
+    );
+    // The gate's own key, but an approval token instead of a notification.
+    let pem = std::fs::read_to_string(world.keys.join("gate1.key")).unwrap();
+    let gate_key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
+    let wrong_kind = ecl_gate::approval::sign(
+        &gate_key,
+        "gate1",
+        &ecl_gate::approval::Grant {
+            issuer: "x",
+            intent_hash: &notification.intent_hash,
+            issued_at: 1,
+            expires_at: 2,
+            jti: "j",
+        },
+    );
+    let answer = post(wrong_kind.as_bytes());
+    assert_eq!(answer.status, 403);
+    assert!(
+        answer.json()["error"]
+            .str()
+            .contains("not an escalation notification"),
+        "{}",
+        answer.body
+    );
+
+    // Nothing reached the inbox or the audit log.
+    assert_eq!(
+        http(
+            &approver.agent,
+            "GET",
+            &format!("/v1/approvals/{}", notification.intent_hash),
+            &[],
+            b""
+        )
+        .status,
+        404
+    );
+    assert!(approver_records(&world).is_empty());
+
+    // Each refusal is logged for the operator.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while approver
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("notification refused"))
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "refusals not logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The genuine one is accepted once, then recognized as a retry.
+    let genuine = ecl_gate::notify::wire::sign(&gate_key, "gate1", &notification);
+    assert_eq!(post(genuine.as_bytes()).status, 201);
+    let again = post(genuine.as_bytes());
+    assert_eq!(
+        (again.status, again.json()["status"].str()),
+        (200, "duplicate")
+    );
+    assert_eq!(approver_records(&world).len(), 1);
+}
+
+pub fn sample_notification() -> ecl_gate::notify::Notification {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ecl_gate::notify::Notification {
+        gate_kid: String::new(),
+        intent_hash: format!("sha256:{}", "5a".repeat(32)),
+        request_id: "r-1".into(),
+        provenance_id: "prov_x".into(),
+        actor: Value::object([
+            ("principal_id", "agent:7".into()),
+            ("principal_type", "agent".into()),
+        ]),
+        tool_name: "deploy.run".into(),
+        tool_args: Value::object([("service", "<script>alert(1)</script>".into())]),
+        profile_id: "ops".into(),
+        profile_version: "1.0.0".into(),
+        profile_ref_hash: "sha256:00".into(),
+        rules: vec!["required_controls.approval_token".into()],
+        detail: "approval required".into(),
+        record: ecl_gate::notify::RecordRef {
+            stream: "gate.log".into(),
+            seq: 0,
+            record_hash: "sha256:11".into(),
+        },
+        decided_at: now,
+        expires_at: now + 3600,
+    }
+}
+
+#[test]
+fn the_inbox_refuses_strangers_forms_without_csrf_double_and_racing_approvals() {
+    let world = World::new();
+    let approver = world.approver();
+    let (_gate, gate) = world.gate(&approver, "1h", "");
+    let escalated = execute(&gate, &deploy("deploy-7", "search"));
+    let intent = escalated["escalation"]["intent_hash"].str().to_owned();
+    wait_known(&approver.agent, &intent);
+    let approve_path = format!("/escalations/{intent}/approve");
+
+    // Not signed in: the inbox sends to the sign-in page; a form post is refused outright.
+    let inbox = http(&approver.inbox, "GET", "/", &[], b"");
+    assert_eq!(
+        (inbox.status, inbox.header("location")),
+        (303, Some("/login"))
+    );
+    let anonymous = post_form(&approver.inbox, &approve_path, "x=y", &[("ttl", "900")]);
+    assert_eq!(anonymous.status, 401);
+    assert!(
+        anonymous
+            .body
+            .contains("sign in first: nothing was decided"),
+        "{}",
+        anonymous.body
+    );
+    let forged_session = post_form(
+        &approver.inbox,
+        &approve_path,
+        "ecl_approver_session=00ff",
+        &[("ttl", "900")],
+    );
+    assert_eq!(forged_session.status, 401);
+    // A wrong password, an unknown name, a sign-in form without its nonce.
+    let wrong = sign_in(&approver.inbox, "alice", "guess").unwrap_err();
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("wrong name or password"));
+    assert_eq!(
+        sign_in(&approver.inbox, "mallory", PASSWORD)
+            .unwrap_err()
+            .status,
+        401
+    );
+    let no_nonce = http(
+        &approver.inbox,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form(&[("user", "alice"), ("password", PASSWORD)]).as_bytes(),
+    );
+    assert_eq!(no_nonce.status, 403);
+    assert!(no_nonce.body.contains("no valid CSRF token"));
+
+    // Signed in, but the form has no CSRF token, or another approver's, or comes from
+    // another site: refused, nothing decided.
+    let alice = sign_in(&approver.inbox, "alice", PASSWORD).unwrap();
+    let bob = sign_in(&approver.inbox, "bob", PASSWORD).unwrap();
+    let no_csrf = post_form(&approver.inbox, &approve_path, &alice, &[("ttl", "900")]);
+    assert_eq!(no_csrf.status, 403);
+    assert!(
+        no_csrf
+            .body
+            .contains("the form carries no valid CSRF token"),
+        "{}",
+        no_csrf.body
+    );
+    let bobs_page = http(
+        &approver.inbox,
+        "GET",
+        &format!("/escalations/{intent}"),
+        &[("Cookie", &bob)],
+        b"",
+    );
+    let bobs_csrf = csrf_of(&bobs_page.body);
+    let stolen = post_form(
+        &approver.inbox,
+        &approve_path,
+        &alice,
+        &[("csrf", &bobs_csrf), ("ttl", "900")],
+    );
+    assert_eq!(stolen.status, 403);
+    let cross_site = http(
+        &approver.inbox,
+        "POST",
+        &approve_path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &bob),
+            ("Origin", "https://evil.example"),
+        ],
+        form(&[("csrf", &bobs_csrf), ("ttl", "900")]).as_bytes(),
+    );
+    assert_eq!(cross_site.status, 403);
+    assert!(
+        cross_site.body.contains("sent from another site"),
+        "{}",
+        cross_site.body
+    );
+    // A lifetime beyond max_ttl.
+    let too_long = post_form(
+        &approver.inbox,
+        &approve_path,
+        &bob,
+        &[("csrf", &bobs_csrf), ("ttl", "3601")],
+    );
+    assert_eq!(too_long.status, 400);
+    assert_eq!(
+        http(
+            &approver.agent,
+            "GET",
+            &format!("/v1/approvals/{intent}"),
+            &[],
+            b""
+        )
+        .status,
+        202
+    );
+
+    // Alice and Bob race: one token between them.
+    let alices_page = http(
+        &approver.inbox,
+        "GET",
+        &format!("/escalations/{intent}"),
+        &[("Cookie", &alice)],
+        b"",
+    );
+    let alices_csrf = csrf_of(&alices_page.body);
+    let racers: Vec<_> = [
+        (alice.clone(), alices_csrf.clone()),
+        (bob.clone(), bobs_csrf.clone()),
+    ]
+    .into_iter()
+    .map(|(session, csrf)| {
+        let inbox = approver.inbox.clone();
+        let path = approve_path.clone();
+        std::thread::spawn(move || {
+            post_form(&inbox, &path, &session, &[("csrf", &csrf), ("ttl", "900")])
+        })
+    })
+    .collect();
+    let mut statuses: Vec<(u16, String)> = racers
+        .into_iter()
+        .map(|r| {
+            let a = r.join().unwrap();
+            (a.status, a.body)
+        })
+        .collect();
+    statuses.sort_by_key(|(s, _)| *s);
+    assert_eq!(statuses[0].0, 200, "{}", statuses[0].1);
+    assert_eq!(statuses[1].0, 409, "{}", statuses[1].1);
+    assert!(
+        statuses[1].1.contains("was already approved by"),
+        "{}",
+        statuses[1].1
+    );
+    assert!(
+        statuses[1].1.contains("no second decision is recorded"),
+        "{}",
+        statuses[1].1
+    );
+
+    // Approving (or rejecting) again afterwards: refused, still one token.
+    let twice = post_form(
+        &approver.inbox,
+        &approve_path,
+        &alice,
+        &[("csrf", &alices_csrf), ("ttl", "900")],
+    );
+    assert_eq!(twice.status, 409);
+    let reject_after = post_form(
+        &approver.inbox,
+        &format!("/escalations/{intent}/reject"),
+        &alice,
+        &[("csrf", &alices_csrf), ("reason", "no")],
+    );
+    assert_eq!(reject_after.status, 409);
+    let approvals: Vec<Value> = approver_records(&world)
+        .into_iter()
+        .filter(|r| r["record_type"].str() != "escalation_received")
+        .collect();
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    let first = http(
+        &approver.agent,
+        "GET",
+        &format!("/v1/approvals/{intent}"),
+        &[],
+        b"",
+    )
+    .json();
+    assert_eq!(first["approver"].str(), approvals[0]["approver"].str());
+}
+
+#[test]
+fn an_expired_escalation_cannot_be_approved() {
+    let world = World::new();
+    let approver = world.approver();
+    // The gate's max_ttl bounds how long an escalation waits.
+    let (_gate, gate) = world.gate(&approver, "2s", "");
+    let escalated = execute(&gate, &deploy("deploy-9", "billing"));
+    let intent = escalated["escalation"]["intent_hash"].str().to_owned();
+    wait_known(&approver.agent, &intent);
+    let alice = sign_in(&approver.inbox, "alice", PASSWORD).unwrap();
+    let page = http(
+        &approver.inbox,
+        "GET",
+        &format!("/escalations/{intent}"),
+        &[("Cookie", &alice)],
+        b"",
+    );
+    let csrf = csrf_of(&page.body);
+    std::thread::sleep(Duration::from_millis(3100));
+    let late = post_form(
+        &approver.inbox,
+        &format!("/escalations/{intent}/approve"),
+        &alice,
+        &[("csrf", &csrf), ("ttl", "1")],
+    );
+    assert_eq!(late.status, 410, "{}", late.body);
+    assert!(
+        late.body.contains("has expired; the agent must ask again"),
+        "{}",
+        late.body
+    );
+    let answer = http(
+        &approver.agent,
+        "GET",
+        &format!("/v1/approvals/{intent}"),
+        &[],
+        b"",
+    );
+    assert_eq!(answer.status, 404);
+    let (code, _, stderr) = wait_approval(&approver.agent, &intent, "5s");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(approver_records(&world)
+        .iter()
+        .all(|r| r["record_type"].str() == "escalation_received"));
+}
+
+#[test]
+fn pending_escalations_survive_an_approver_restart_and_notifications_are_retried() {
+    let world = World::new();
+    let approver = world.approver();
+    let (_gate, gate) = world.gate(&approver, "1h", "");
+    let first = execute(&gate, &deploy("deploy-a", "billing"));
+    let first_intent = first["escalation"]["intent_hash"].str().to_owned();
+    wait_known(&approver.agent, &first_intent);
+    let agent_addr = approver.agent.clone();
+    drop(approver);
+
+    // While the approver is down, the gate keeps answering and keeps the notification.
+    let second = execute(&gate, &deploy("deploy-b", "billing"));
+    assert_eq!(second["decision_type"].str(), "ESCALATE");
+    let second_intent = second["escalation"]["intent_hash"].str().to_owned();
+
+    // Back on the same port: the stored escalation is there, and the retried one arrives.
+    let approver = world.approver_on(&agent_addr);
+    assert_eq!(wait_known(&approver.agent, &first_intent).status, 202);
+    assert_eq!(wait_known(&approver.agent, &second_intent).status, 202);
+    let kinds: Vec<String> = approver_records(&world)
+        .iter()
+        .map(|r| r["record_type"].str().to_owned())
+        .collect();
+    assert_eq!(kinds, ["escalation_received", "escalation_received"]);
+}
