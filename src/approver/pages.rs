@@ -142,10 +142,11 @@ fn table(body: &mut String, entries: &[&&Entry], now: u64) {
         let n = &entry.notification;
         let _ = write!(
             body,
-            "<tr class=\"escalation\"><td><a href=\"/escalations/{}\">{}</a><br><small>{}@{}</small></td>\
+            "<tr class=\"escalation\"><td><a href=\"/escalations/{}\">{}</a><br><code>{}</code><br><small>{}@{}</small></td>\
              <td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&n.intent_hash),
             escape(&n.tool_name),
+            escape(&preview(&n.tool_args)),
             escape(&n.profile_id),
             escape(&n.profile_version),
             escape(principal(&n.actor)),
@@ -154,6 +155,18 @@ fn table(body: &mut String, entries: &[&&Entry], now: u64) {
         );
     }
     body.push_str("</tbody></table>");
+}
+
+/// The arguments on one short line: enough to tell two calls of one tool apart.
+fn preview(args: &Value) -> String {
+    const MAX_CHARS: usize = 60;
+    let text = String::from_utf8_lossy(&crate::canonical::to_canonical(args)).into_owned();
+    if text.chars().count() <= MAX_CHARS {
+        return text;
+    }
+    let mut cut: String = text.chars().take(MAX_CHARS).collect();
+    cut.push('…');
+    cut
 }
 
 fn principal(actor: &Value) -> &str {

@@ -64,9 +64,18 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body).unwrap();
+    // Read the head, then exactly Content-Length bytes: some servers (chromedriver) keep the
+    // connection open despite `Connection: close`.
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let mut buf = [0u8; 8192];
+    let split = loop {
+        if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed before the answer's head");
+        response.extend_from_slice(&buf[..n]);
+    };
     let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines
@@ -77,14 +86,31 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
         .unwrap()
         .parse()
         .unwrap();
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    let mut body = response[split + 4..].to_vec();
+    match length {
+        Some(length) => {
+            while body.len() < length {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "connection closed before the whole body");
+                body.extend_from_slice(&buf[..n]);
+            }
+        }
+        None => {
+            stream.read_to_end(&mut body).unwrap();
+        }
+    }
     Answer {
         status,
         headers,
-        body: String::from_utf8_lossy(&response[split + 4..]).into_owned(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
 
@@ -253,12 +279,24 @@ impl World {
         max_ttl: &str,
         extra_toml: &str,
     ) -> (GateProcess, String) {
+        self.gate_with(approver, max_ttl, "", extra_toml, &[])
+    }
+
+    /// [`World::gate`] with top-level keys (`top`), more tables and environment.
+    pub fn gate_with(
+        &self,
+        approver: &ApproverProcess,
+        max_ttl: &str,
+        top: &str,
+        tables: &str,
+        envs: &[(&str, &str)],
+    ) -> (GateProcess, String) {
         let config = self.dir.path().join("gate.toml");
         std::fs::write(
             &config,
             format!(
-                "[approvals]\nmax_ttl = \"{max_ttl}\"\n[approvals.keys.approver1]\nfile = \"{}\"\n\
-                 [escalations]\nnotify = \"http://{}/v1/notifications\"\nsigning_key = \"{}\"\nkid = \"gate1\"\n{extra_toml}",
+                "{top}\n[approvals]\nmax_ttl = \"{max_ttl}\"\n[approvals.keys.approver1]\nfile = \"{}\"\n\
+                 [escalations]\nnotify = \"http://{}/v1/notifications\"\nsigning_key = \"{}\"\nkid = \"gate1\"\n{tables}",
                 self.keys.join("approver1.pub").display(),
                 approver.agent,
                 self.keys.join("gate1.key").display(),
@@ -267,13 +305,12 @@ impl World {
         .unwrap();
         let gate_dir = self.dir.path().join("gate");
         std::fs::create_dir_all(&gate_dir).unwrap();
-        let (child, addr, _) = spawn_serve_with_admin(
-            &gate_dir,
-            &[
-                ("ECL_CONFIG", config.to_str().unwrap()),
-                ("ECL_AUDIT__INCLUDE_REQUEST", "true"),
-            ],
-        );
+        let mut all = vec![
+            ("ECL_CONFIG", config.to_str().unwrap()),
+            ("ECL_AUDIT__INCLUDE_REQUEST", "true"),
+        ];
+        all.extend_from_slice(envs);
+        let (child, addr, _) = spawn_serve_with_admin(&gate_dir, &all);
         (GateProcess(child), addr)
     }
 }

@@ -7,6 +7,7 @@ mod approvals;
 mod approver;
 mod audit;
 mod audit_cli;
+mod browser;
 mod checkpoints;
 mod cli;
 mod common;
