@@ -23,7 +23,7 @@ textarea{width:100%;box-sizing:border-box}\
 .approve{background:#0a7d2c;color:#fff;border:0}.reject{background:#b3261e;color:#fff;border:0}\
 .status{font-weight:700}.pending{color:#8a5a00}.approved{color:#0a7d2c}.rejected{color:#b3261e}\
 .bar{display:flex;justify-content:space-between;align-items:center;flex-wrap:wrap;gap:.5rem}\
-.msg{padding:.6rem;border:1px solid #b3261e;background:#fdecea}.ok{border-color:#0a7d2c;background:#e8f5e9}";
+td code{font-size:.8rem;word-break:break-all}.msg{padding:.6rem;border:1px solid #b3261e;background:#fdecea}.ok{border-color:#0a7d2c;background:#e8f5e9}";
 
 /// Escapes text for HTML element content and double-quoted attributes.
 pub fn escape(text: &str) -> String {
