@@ -153,6 +153,7 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub keys: PathBuf,
     pub state: PathBuf,
+    admin: Mutex<Option<String>>,
 }
 
 fn keygen(dir: &Path, kid: &str) {
@@ -201,7 +202,12 @@ impl World {
         let passwords = format!("# approvers\n{}{}", passwd("alice"), passwd("bob"));
         std::fs::write(dir.path().join("passwords"), passwords).unwrap();
         let state = dir.path().join("approver-state");
-        World { dir, keys, state }
+        World {
+            dir,
+            keys,
+            state,
+            admin: Mutex::new(None),
+        }
     }
 
     pub fn approver(&self) -> ApproverProcess {
@@ -273,19 +279,14 @@ impl World {
     }
 
     /// A gate (real binary) that reports escalations to `approver` and trusts its key.
-    pub fn gate(
-        &self,
-        approver: &ApproverProcess,
-        max_ttl: &str,
-        extra_toml: &str,
-    ) -> (GateProcess, String) {
-        self.gate_with(approver, max_ttl, "", extra_toml, &[])
+    pub fn gate(&self, agent: &str, max_ttl: &str, extra_toml: &str) -> (GateProcess, String) {
+        self.gate_with(agent, max_ttl, "", extra_toml, &[])
     }
 
     /// [`World::gate`] with top-level keys (`top`), more tables and environment.
     pub fn gate_with(
         &self,
-        approver: &ApproverProcess,
+        agent: &str,
         max_ttl: &str,
         top: &str,
         tables: &str,
@@ -298,7 +299,7 @@ impl World {
                 "{top}\n[approvals]\nmax_ttl = \"{max_ttl}\"\n[approvals.keys.approver1]\nfile = \"{}\"\n\
                  [escalations]\nnotify = \"http://{}/v1/notifications\"\nsigning_key = \"{}\"\nkid = \"gate1\"\n{tables}",
                 self.keys.join("approver1.pub").display(),
-                approver.agent,
+                agent,
                 self.keys.join("gate1.key").display(),
             ),
         )
@@ -310,8 +311,14 @@ impl World {
             ("ECL_AUDIT__INCLUDE_REQUEST", "true"),
         ];
         all.extend_from_slice(envs);
-        let (child, addr, _) = spawn_serve_with_admin(&gate_dir, &all);
+        let (child, addr, admin) = spawn_serve_with_admin(&gate_dir, &all);
+        self.admin.lock().unwrap().replace(admin);
         (GateProcess(child), addr)
+    }
+
+    /// The admin address of the last gate started.
+    pub fn gate_admin(&self) -> String {
+        self.admin.lock().unwrap().clone().unwrap()
     }
 }
 
@@ -447,7 +454,7 @@ fn audit_verify(path: &Path) -> (i32, String) {
 fn an_approval_in_the_inbox_lets_the_agent_resume_and_a_rejection_stops_it() {
     let world = World::new();
     let approver = world.approver();
-    let (_gate, gate) = world.gate(&approver, "1h", "");
+    let (_gate, gate) = world.gate(&approver.agent, "1h", "");
 
     // Agent: ESCALATE.
     let request = deploy("deploy-1", "billing");
@@ -775,7 +782,7 @@ pub fn sample_notification() -> ecl_gate::notify::Notification {
 fn the_inbox_refuses_strangers_forms_without_csrf_double_and_racing_approvals() {
     let world = World::new();
     let approver = world.approver();
-    let (_gate, gate) = world.gate(&approver, "1h", "");
+    let (_gate, gate) = world.gate(&approver.agent, "1h", "");
     let escalated = execute(&gate, &deploy("deploy-7", "search"));
     let intent = escalated["escalation"]["intent_hash"].str().to_owned();
     wait_known(&approver.agent, &intent);
@@ -967,7 +974,7 @@ fn an_expired_escalation_cannot_be_approved() {
     let world = World::new();
     let approver = world.approver();
     // The gate's max_ttl bounds how long an escalation waits.
-    let (_gate, gate) = world.gate(&approver, "2s", "");
+    let (_gate, gate) = world.gate(&approver.agent, "2s", "");
     let escalated = execute(&gate, &deploy("deploy-9", "billing"));
     let intent = escalated["escalation"]["intent_hash"].str().to_owned();
     wait_known(&approver.agent, &intent);
@@ -1012,7 +1019,7 @@ fn an_expired_escalation_cannot_be_approved() {
 fn pending_escalations_survive_an_approver_restart_and_notifications_are_retried() {
     let world = World::new();
     let approver = world.approver();
-    let (_gate, gate) = world.gate(&approver, "1h", "");
+    let (_gate, gate) = world.gate(&approver.agent, "1h", "");
     let first = execute(&gate, &deploy("deploy-a", "billing"));
     let first_intent = first["escalation"]["intent_hash"].str().to_owned();
     wait_known(&approver.agent, &first_intent);
@@ -1033,4 +1040,66 @@ fn pending_escalations_survive_an_approver_restart_and_notifications_are_retried
         .map(|r| r["record_type"].str().to_owned())
         .collect();
     assert_eq!(kinds, ["escalation_received", "escalation_received"]);
+}
+
+/// Reads `ecl_escalation_notifications_total{outcome=…}` from the gate's metrics.
+fn notifications(admin: &str, outcome: &str) -> u64 {
+    let (_, text) = crate::cli::get(admin, "/metrics");
+    text.lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "ecl_escalation_notifications_total{{outcome=\"{outcome}\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for_count(admin: &str, outcome: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = notifications(admin, outcome);
+        if n > 0 {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{outcome}` notification counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failing_receiver_never_changes_the_answer_and_is_counted() {
+    let world = World::new();
+    let approver = world.approver();
+    // Receiver down: the ESCALATE is answered at once; the delivery is retried and counted.
+    let down = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("127.0.0.1:{port}")
+    };
+    let (gate_process, gate) = world.gate(&down, "1h", "");
+    let escalated = execute(&gate, &deploy("deploy-x", "billing"));
+    assert_eq!(
+        escalated["decision_type"].str(),
+        "ESCALATE",
+        "{escalated:?}"
+    );
+    assert!(wait_for_count(&world.gate_admin(), "retried") >= 1);
+    drop(gate_process);
+
+    // A receiver that refuses (here: the inbox listener, which has no such route) is not
+    // retried: the refusal is counted once.
+    let refusing = approver.inbox.clone();
+    let (_gate, gate) = world.gate(&refusing, "1h", "");
+    let escalated = execute(&gate, &deploy("deploy-y", "billing"));
+    assert_eq!(escalated["decision_type"].str(), "ESCALATE");
+    assert_eq!(wait_for_count(&world.gate_admin(), "refused"), 1);
+    assert_eq!(notifications(&world.gate_admin(), "delivered"), 0);
 }

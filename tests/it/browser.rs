@@ -241,7 +241,7 @@ fn a_person_approves_and_rejects_in_a_real_browser() {
         ));
     }
     let (_gate, gate) = world.gate_with(
-        &approver,
+        &approver.agent,
         "1h",
         "mode = \"proxy\"",
         &tables,
