@@ -291,8 +291,12 @@ pub fn figment(file: Option<&Path>) -> Figment {
                 .map(|_| "profiles_root".into()),
         )
         .merge(
+            // `ECL_APPROVER_*` configure `approver serve` and `wait-approval`, not the gate: a
+            // shell that exports them must still start a gate.
             Env::prefixed("ECL_")
-                .filter(|key| key != "config")
+                .filter(|key| {
+                    key != "config" && !key.as_str().to_ascii_lowercase().starts_with("approver_")
+                })
                 .split("__"),
         )
 }

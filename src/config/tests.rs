@@ -139,3 +139,37 @@ fn rotation_is_off_by_default_and_set_from_file_or_environment() {
         Ok(())
     });
 }
+
+// A shell that exports the approver's and wait-approval's variables must still start a gate.
+#[test]
+fn approver_variables_are_not_gate_keys() {
+    Jail::expect_with(|jail| {
+        jail.set_env("ECL_APPROVER_URL", "http://approver:8301");
+        jail.set_env("ECL_APPROVER_LISTEN", "0.0.0.0:8300");
+        let config = load_in(jail, None).map_err(|e| e.to_string())?;
+        assert!(config.escalations.is_none());
+        Ok(())
+    });
+}
+
+#[test]
+fn escalations_need_a_signing_key_and_an_http_url() {
+    Jail::expect_with(|jail| {
+        jail.set_env(
+            "ECL_ESCALATIONS__NOTIFY",
+            "http://approver:8301/v1/notifications",
+        );
+        let err = load_in(jail, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid value for `escalations.signing_key`"),
+            "{err}"
+        );
+        jail.set_env("ECL_ESCALATIONS__NOTIFY", "mailto:ops@example.com");
+        let err = load_in(jail, None).unwrap_err().to_string();
+        assert!(
+            err.contains("must be an `http://` or `https://` URL"),
+            "{err}"
+        );
+        Ok(())
+    });
+}

@@ -185,8 +185,24 @@ fn check_gate_env(env: &[(String, String)], gate_toml: Option<&Path>) -> Option<
         };
         jail.create_file("grant.key", &key_pem)?;
         jail.create_file("token", "t0ken\n")?;
+        let public_pem = {
+            use ed25519_dalek::pkcs8::EncodePublicKey;
+            ed25519_dalek::SigningKey::from_bytes(&[8; 32])
+                .verifying_key()
+                .to_public_key_pem(Default::default())
+                .unwrap()
+        };
+        jail.create_file("approver.pub", &public_pem)?;
         let mut raw = raw;
         raw.grants.signing_key = Some(jail.directory().join("grant.key"));
+        if raw.escalations.signing_key.is_some() {
+            raw.escalations.signing_key = Some(jail.directory().join("grant.key"));
+        }
+        for key in raw.approvals.keys.values_mut() {
+            if key.file.is_some() {
+                key.file = Some(jail.directory().join("approver.pub"));
+            }
+        }
         for upstream in raw.upstreams.values_mut() {
             for value in upstream.headers.values_mut() {
                 if let ecl_gate::config::proxy::RawHeaderValue::File(file) = value {
@@ -335,12 +351,18 @@ fn compose_puts_the_tool_on_an_internal_network_only_the_gate_joins() {
             );
         }
         // No published ports: nothing reaches the gate or the tool from the host by accident.
-        assert!(service["ports"].is_null(), "{name} publishes ports");
+        // The one exception: the approval inbox, on the host's loopback, for approvers.
+        if name == "approver" {
+            let ports: Vec<&str> = seq(&service["ports"]).iter().map(str_of).collect();
+            assert_eq!(ports, ["127.0.0.1:8300:8300"]);
+        } else {
+            assert!(service["ports"].is_null(), "{name} publishes ports");
+        }
     }
     assert_eq!(str_of(&services["keys"]["network_mode"]), "none");
 
     // Images: ours everywhere but the stand-in agent, built from the repository's Dockerfile.
-    for name in ["keys", "gate", "demo-tool"] {
+    for name in ["keys", "gate", "demo-tool", "approver"] {
         assert_eq!(str_of(&services[name]["image"]), IMAGE, "{name}");
     }
     let build = &compose["x-image"]["build"];
@@ -380,7 +402,41 @@ fn compose_puts_the_tool_on_an_internal_network_only_the_gate_joins() {
             .any(|v| str_of(v).starts_with("gate-key:"));
         let name = str_of(name);
         assert_eq!(mounts_key, name == "gate" || name == "keys", "{name}");
+        // The approver's token key: only the key maker and the approver.
+        let mounts_approver_key = seq(&service["volumes"])
+            .iter()
+            .any(|v| str_of(v).starts_with("approver-key:"));
+        assert_eq!(
+            mounts_approver_key,
+            name == "approver" || name == "keys",
+            "{name}"
+        );
     }
+    // The gate reports escalations to the approver's agent-facing port, which the approver
+    // serves, and trusts the approver's key.
+    let escalations = config.escalations.as_ref().unwrap();
+    assert_eq!(
+        escalations.url.to_string(),
+        "http://approver:8301/v1/notifications"
+    );
+    let approver_env = env_pairs(&services["approver"]["environment"]);
+    let approver_get = |name: &str| {
+        approver_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(approver_get("ECL_APPROVER_AGENT_LISTEN"), "0.0.0.0:8301");
+    assert_eq!(
+        approver_get("ECL_APPROVER_GATE_KEYS"),
+        format!("{}=/run/approver-pub/gate-notify.pub", escalations.kid)
+    );
+    assert!(config
+        .approvals
+        .keys
+        .contains_key(&approver_get("ECL_APPROVER_KID")));
     // The tool's credential reaches the gate and the tool, never the agent.
     let gate_token = gate_env
         .iter()
@@ -690,5 +746,81 @@ fn k8s_gateway_admits_tool_ingress_from_gate_pods_only() {
         .unwrap()
     {
         assert_eq!(&agent_labels[str_of(key)], value);
+    }
+}
+
+#[test]
+fn k8s_approver_overlay_keeps_the_inbox_from_agents_and_its_key_in_the_approver() {
+    let docs = docs_in("k8s/approver");
+    let kustomization = find_kustomization(&docs);
+    assert!(seq(&kustomization["resources"])
+        .iter()
+        .any(|r| str_of(r) == "../gateway"));
+    // The overlay's gate config validates and points at the approver's agent Service.
+    let config = check_gate_env(&[], Some(&deploy("k8s/approver/gate.toml"))).unwrap();
+    let escalations = config.escalations.as_ref().unwrap();
+    assert_eq!(
+        escalations.url.to_string(),
+        "http://ecl-approver:8301/v1/notifications"
+    );
+
+    let approver = find(&docs, "Deployment", "ecl-approver");
+    let pod = &approver["spec"]["template"]["spec"];
+    let container = &seq(&pod["containers"])[0];
+    assert_eq!(
+        seq(&container["args"])
+            .iter()
+            .map(str_of)
+            .collect::<Vec<_>>(),
+        ["approver", "serve"]
+    );
+    let env = env_pairs(&container["env"]);
+    let get = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    assert!(config.approvals.keys.contains_key(&get("ECL_APPROVER_KID")));
+    assert!(get("ECL_APPROVER_GATE_KEYS").starts_with(&format!("{}=", escalations.kid)));
+    assert_eq!(port_of(&get("ECL_APPROVER_AGENT_LISTEN")), 8301);
+    assert_eq!(port_of(&get("ECL_APPROVER_LISTEN")), 8300);
+    // The approver's signing key Secret: mounted by this pod; the gate gets only the notify key.
+    let secrets: Vec<&str> = seq(&pod["volumes"])
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(secrets, ["ecl-approver-key"]);
+    let patch = str_of(&seq(&kustomization["patches"])[0]["patch"]);
+    assert!(
+        patch.contains("ecl-notify-key") && !patch.contains("ecl-approver-key"),
+        "{patch}"
+    );
+    let generated: Vec<&str> = seq(&kustomization["secretGenerator"])
+        .iter()
+        .map(|g| str_of(&g["name"]))
+        .collect();
+    assert_eq!(generated, ["ecl-approver-key", "ecl-notify-key"]);
+
+    // The agents' Service exposes the wait port only; the inbox has its own Service.
+    let agents = find(&docs, "Service", "ecl-approver");
+    let ports: Vec<u64> = seq(&agents["spec"]["ports"])
+        .iter()
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    assert_eq!(ports, [8301]);
+    // NetworkPolicy: 8301 from the gate and agents; 8300 from the approver ingress only.
+    let policy = find(&docs, "NetworkPolicy", "ecl-approver-ingress");
+    for rule in seq(&policy["spec"]["ingress"]) {
+        let port = seq(&rule["ports"])[0]["port"].as_u64().unwrap();
+        let from: Vec<String> = seq(&rule["from"])
+            .iter()
+            .flat_map(|f| f["podSelector"]["matchLabels"].as_mapping().unwrap().keys())
+            .map(|k| str_of(k).to_owned())
+            .collect();
+        match port {
+            8301 => assert_eq!(from, ["app.kubernetes.io/name", "ecl-gate.io/agent"]),
+            8300 => assert_eq!(
+                from,
+                ["ecl-gate.io/approver-ingress"],
+                "agents must not reach the inbox"
+            ),
+            other => panic!("unexpected port {other}"),
+        }
     }
 }
