@@ -64,11 +64,21 @@ fn profiles_check_reports_each_profile() {
         r#"{"profile_id":"p","profile_version":"2","default":"DENY","allowed_tools":[]}"#,
     )
     .unwrap();
+    // A reference profile with bounds the wrong way round: the rule is named.
+    std::fs::write(
+        dir.path().join("p/3.json"),
+        r#"{"profile_id":"p","profile_version":"3","default":"DENY","allowed_tools":[{"name":"pay","constraints":{"arg_rules":[{"path":"$.amount","type":"number","min":10,"max":1}]}}]}"#,
+    )
+    .unwrap();
     let (code, out, _) = run(&["profiles", "check", dir.path().to_str().unwrap()], b"");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("invalid  p 1: "), "{out}");
     assert!(out.contains("ok       p 2 "), "{out}");
-    assert!(out.contains("2 profiles, 1 invalid"), "{out}");
+    assert!(
+        out.contains("invalid  p 3: profile `p` version `3` is invalid: `allowed_tools[0].constraints.arg_rules[0]` has `min` 10 above `max` 1"),
+        "{out}"
+    );
+    assert!(out.contains("3 profiles, 2 invalid"), "{out}");
 }
 
 #[tokio::test]
