@@ -139,3 +139,62 @@ fn rotation_is_off_by_default_and_set_from_file_or_environment() {
         Ok(())
     });
 }
+
+/// Kubernetes injects these for every Service in the namespace; a Service named `ecl-gate`
+/// (the gateway example's own) made the gate refuse to start and crash-loop.
+#[test]
+fn kubernetes_service_links_are_recognised_by_name_and_value() {
+    let links = [
+        ("ECL_GATE_SERVICE_HOST", "10.96.12.7"),
+        ("ECL_GATE_SERVICE_PORT", "8000"),
+        ("ECL_GATE_SERVICE_PORT_HTTP", "8000"),
+        ("ECL_GATE_SERVICE_PORT_ADMIN_HTTP", "9000"),
+        ("ECL_GATE_PORT", "tcp://10.96.12.7:8000"),
+        ("ECL_GATE_PORT_8000_TCP", "tcp://10.96.12.7:8000"),
+        ("ECL_GATE_PORT_8000_TCP_ADDR", "10.96.12.7"),
+        ("ECL_GATE_PORT_8000_TCP_PORT", "8000"),
+        ("ECL_GATE_PORT_8000_TCP_PROTO", "tcp"),
+        ("ECL_SERVICE_HOST", "fd00::12"),
+        ("ECL_PORT", "udp://[fd00::12]:53"),
+        ("ECL_SERVICE_X_SERVICE_HOST", "10.0.0.1"),
+        ("ECL_PORT_SERVICE_PORT_9000_SCTP_PORT", "9000"),
+    ];
+    for (name, value) in links {
+        assert!(is_service_link(name, value), "{name}={value}");
+    }
+    let not_links = [
+        // The gate's own keys, and typos of them, whatever their value.
+        ("ECL_LISTEN", "0.0.0.0:8000"),
+        ("ECL_AUDIT__SYNK", "never"),
+        ("ECL_ADMIN_PORT", "9001"),
+        ("ECL_GATE_PORT", "8000"),
+        ("ECL_GATE_SERVICE_HOST", "gate.example"),
+        ("ECL_GATE_SERVICE_PORT", "http"),
+        ("ECL_GATE_PORT_8000_TCP", "tcp://10.96.12.7:9000"),
+        ("ECL_GATE_PORT_8000_TCP_PORT", "9000"),
+        ("ECL_GATE_PORT_8000_HTTP_ADDR", "10.96.12.7"),
+        ("ECL_GATE_PORT_8000_TCP_PROTO", "udp"),
+        ("ECL_gate_SERVICE_HOST", "10.0.0.1"),
+        ("OTHER_SERVICE_HOST", "10.0.0.1"),
+        ("ECL__SERVICE_HOST", "10.0.0.1"),
+    ];
+    for (name, value) in not_links {
+        assert!(!is_service_link(name, value), "{name}={value}");
+    }
+}
+
+#[test]
+fn service_links_load_but_a_misspelt_key_beside_them_is_refused() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("ECL_GATE_SERVICE_HOST", "10.96.12.7");
+        jail.set_env("ECL_GATE_PORT", "tcp://10.96.12.7:8000");
+        jail.set_env("ECL_GATE_PORT_8000_TCP_ADDR", "10.96.12.7");
+        jail.set_env("ECL_AUDIT__SYNC", "never");
+        let config = Config::from_figment(figment(None)).expect("service links are ignored");
+        assert_eq!(config.audit.sync, crate::audit::SyncMode::Never);
+        jail.set_env("ECL_AUDIT__SYNK", "never");
+        let err = Config::from_figment(figment(None)).unwrap_err().to_string();
+        assert!(err.contains("synk"), "{err}");
+        Ok(())
+    });
+}
