@@ -9,6 +9,7 @@ mod decide;
 mod grant;
 mod hash;
 mod load;
+mod probe;
 mod profiles;
 mod replay;
 mod serve;
@@ -113,6 +114,8 @@ enum Command {
     Grant(grant::GrantCommand),
     /// Send load to a running gate; report OK/FAIL, decisions, throughput and latency
     Load(Box<load::LoadArgs>),
+    /// GET a URL (e.g. the admin listener's /readyz); exit 0 on 2xx, 1 otherwise
+    Probe(probe::ProbeArgs),
 }
 
 pub const EXIT_PROBLEM: u8 = 1;
@@ -154,6 +157,7 @@ pub fn run() -> ExitCode {
         Command::Profiles(command) => profiles::run(command, config),
         Command::Grant(command) => grant::run(command),
         Command::Load(args) => load::run(&args),
+        Command::Probe(args) => probe::run(&args),
     };
     match result {
         Ok(code) => code,

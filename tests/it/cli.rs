@@ -194,6 +194,39 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
     );
 }
 
+/// The Dockerfile's HEALTHCHECK: `ecl-gate probe` against the admin listener, exit 0 or 1.
+#[test]
+fn probe_is_a_health_check_that_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _, admin) = spawn_serve_with_admin(dir.path(), &[]);
+    let probe = |url: &str| {
+        let out = gate_command()
+            .args(["probe", "--timeout", "2s", url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        probe(&format!("http://{admin}/readyz")),
+        (Some(0), String::new())
+    );
+    let (code, err) = probe(&format!("http://{admin}/no-such-page"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "{err}");
+    let (code, err) = probe(&format!("https://{admin}/readyz"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("only http://"), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Nothing listens any more.
+    let (code, err) = probe(&format!("http://{admin}/readyz"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
 #[test]
 fn serve_refuses_an_invalid_configuration_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -122,8 +122,12 @@ fn the_dockerfile_is_multi_stage_slim_non_root_with_port_and_healthcheck() {
         "admin port: {expose}"
     );
     assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK")));
-    // The health check asks the admin listener for readiness, not just for an open port.
-    assert!(text.contains("/dev/tcp/127.0.0.1/9000") && text.contains("GET /readyz"));
+    // The health check asks the admin listener for readiness, not just for an open port, with
+    // the binary itself (the image has no curl; tests/it/cli.rs runs the same probe).
+    assert!(
+        text.contains(r#"CMD ["/usr/local/bin/ecl-gate", "probe", "--timeout", "2s", "http://127.0.0.1:9000/readyz"]"#),
+        "{text}"
+    );
     assert!(text.contains("ECL_ADMIN_LISTEN=0.0.0.0:9000"));
     assert!(text.contains(&format!("docker build -t {IMAGE} .")));
     // The binaries compose and Kubernetes start are the ones built and copied.
