@@ -82,7 +82,8 @@ enum Command {
         /// The approver's private key (PKCS#8 PEM, as written by `keygen`)
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// Key id in the token header; default: derived from the key
+        /// Key id in the token header; default: the kid `keygen` made the key with (its
+        /// `<kid>.key` file name), else derived from the key
         #[arg(long)]
         kid: Option<String>,
         /// The `escalation.intent_hash` to approve
