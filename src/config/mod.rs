@@ -13,6 +13,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub mod proxy;
+mod words;
+
+pub(crate) use words::text;
 
 use crate::approval::{parse_public_key, Approvals};
 use crate::audit::SyncMode;
@@ -34,7 +37,7 @@ pub const MIN_ROTATE_INTERVAL_MS: u64 = 1000;
 pub enum ConfigError {
     #[error("config file `{0}` does not exist")]
     MissingFile(PathBuf),
-    #[error("{0}")]
+    #[error("{}", words::describe(.0))]
     Extract(Box<figment::Error>),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
@@ -54,8 +57,11 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    #[serde(deserialize_with = "text")]
     pub listen: String,
+    #[serde(deserialize_with = "text")]
     pub admin_listen: String,
+    #[serde(deserialize_with = "text")]
     pub mode: String,
     pub profiles_root: PathBuf,
     pub max_body_bytes: u64,
@@ -78,7 +84,9 @@ pub struct RawConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApprovals {
+    #[serde(deserialize_with = "text")]
     pub max_ttl: String,
+    #[serde(deserialize_with = "text")]
     pub clock_skew: String,
     pub single_use: bool,
     pub used_path: PathBuf,
@@ -98,13 +106,17 @@ pub struct RawApproverKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
+    #[serde(deserialize_with = "text")]
     pub path: String,
+    #[serde(deserialize_with = "text")]
     pub sync: String,
     pub sync_interval_ms: u64,
     pub include_request: bool,
     pub rotate_bytes: u64,
     pub rotate_interval_ms: u64,
+    #[serde(deserialize_with = "text")]
     pub origin: String,
+    #[serde(deserialize_with = "text")]
     pub checkpoint_key: String,
     pub checkpoint_every: u64,
     pub checkpoint_interval_ms: u64,
@@ -113,7 +125,9 @@ pub struct RawAudit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
+    #[serde(deserialize_with = "text")]
     pub level: String,
+    #[serde(deserialize_with = "text")]
     pub format: String,
     pub include_args: bool,
 }
