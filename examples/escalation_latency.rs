@@ -44,7 +44,8 @@ struct Args {
 }
 
 fn exchange(addr: &str, head: &str, body: &[u8]) -> anyhow::Result<(u16, String, String)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+    let mut stream =
+        TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
@@ -82,12 +83,19 @@ fn exchange(addr: &str, head: &str, body: &[u8]) -> anyhow::Result<(u16, String,
 fn get(addr: &str, path: &str, cookie: &str) -> anyhow::Result<(u16, String, String)> {
     exchange(
         addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ),
         b"",
     )
 }
 
-fn post(addr: &str, path: &str, headers: &str, body: &[u8]) -> anyhow::Result<(u16, String, String)> {
+fn post(
+    addr: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String, String)> {
     exchange(
         addr,
         &format!(
@@ -102,17 +110,50 @@ fn escalate(gate: &str, n: usize) -> anyhow::Result<String> {
     let snapshot = Value::object([("run", "escalation-latency".into())]);
     let request = Value::object([
         ("request_id", format!("lat-{n}").into()),
-        ("actor", Value::object([("principal_id", "agent:bench".into()), ("principal_type", "agent".into())])),
-        ("tool", Value::object([
-            ("name", "deploy.run".into()),
-            ("args", Value::object([("service", format!("svc-{n}").into()), ("version", "1.0.0".into())])),
-        ])),
-        ("profile", Value::object([("id", "ops".into()), ("version", "1.0.0".into())])),
-        ("context", Value::object([("snapshot_hash", canonical::hash(&snapshot).into()), ("snapshot", snapshot)])),
+        (
+            "actor",
+            Value::object([
+                ("principal_id", "agent:bench".into()),
+                ("principal_type", "agent".into()),
+            ]),
+        ),
+        (
+            "tool",
+            Value::object([
+                ("name", "deploy.run".into()),
+                (
+                    "args",
+                    Value::object([
+                        ("service", format!("svc-{n}").into()),
+                        ("version", "1.0.0".into()),
+                    ]),
+                ),
+            ]),
+        ),
+        (
+            "profile",
+            Value::object([("id", "ops".into()), ("version", "1.0.0".into())]),
+        ),
+        (
+            "context",
+            Value::object([
+                ("snapshot_hash", canonical::hash(&snapshot).into()),
+                ("snapshot", snapshot),
+            ]),
+        ),
     ]);
-    let (_, _, body) = post(gate, "/v1/execute", "Content-Type: application/json\r\n", &canonical::to_canonical(&request))?;
+    let (_, _, body) = post(
+        gate,
+        "/v1/execute",
+        "Content-Type: application/json\r\n",
+        &canonical::to_canonical(&request),
+    )?;
     let answer = canonical::parse(body.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    match answer.get("escalation").and_then(|e| e.get("intent_hash")).and_then(Value::as_str) {
+    match answer
+        .get("escalation")
+        .and_then(|e| e.get("intent_hash"))
+        .and_then(Value::as_str)
+    {
         Some(hash) => Ok(hash.to_owned()),
         None => bail!("not an ESCALATE: {body}"),
     }
@@ -131,7 +172,11 @@ fn sign_in(args: &Args) -> anyhow::Result<String> {
         .and_then(|v| v.split(';').next())
         .context("no sign-in nonce")?
         .to_owned();
-    let form = format!("csrf={nonce}&user={}&password={}", args.user, args.password.replace(' ', "+"));
+    let form = format!(
+        "csrf={nonce}&user={}&password={}",
+        args.user,
+        args.password.replace(' ', "+")
+    );
     let (status, head, _) = post(
         &args.approver_inbox,
         "/login",
@@ -142,7 +187,11 @@ fn sign_in(args: &Args) -> anyhow::Result<String> {
         bail!("sign-in failed: HTTP {status}");
     }
     head.lines()
-        .find_map(|l| l.split("Set-Cookie: ").nth(1).or_else(|| l.split("set-cookie: ").nth(1)))
+        .find_map(|l| {
+            l.split("Set-Cookie: ")
+                .nth(1)
+                .or_else(|| l.split("set-cookie: ").nth(1))
+        })
         .filter(|c| c.starts_with("ecl_approver_session="))
         .and_then(|c| c.split(';').next())
         .map(str::to_owned)
@@ -160,7 +209,11 @@ fn time_pages(args: &Args, session: &str, intent: &str, pending: usize) -> anyho
             bail!("inbox answered HTTP {status}");
         }
         let started = Instant::now();
-        let (status, _, _) = get(&args.approver_inbox, &format!("/escalations/{intent}"), session)?;
+        let (status, _, _) = get(
+            &args.approver_inbox,
+            &format!("/escalations/{intent}"),
+            session,
+        )?;
         detail.push(started.elapsed());
         if status != 200 {
             bail!("detail answered HTTP {status}");

@@ -10,6 +10,7 @@ mod decide;
 mod grant;
 mod hash;
 mod load;
+mod probe;
 mod profiles;
 mod replay;
 mod serve;
@@ -83,7 +84,8 @@ enum Command {
         /// The approver's private key (PKCS#8 PEM, as written by `keygen`)
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// Key id in the token header; default: derived from the key
+        /// Key id in the token header; default: the kid `keygen` made the key with (its
+        /// `<kid>.key` file name), else derived from the key
         #[arg(long)]
         kid: Option<String>,
         /// The `escalation.intent_hash` to approve
@@ -120,6 +122,8 @@ enum Command {
     WaitApproval(wait::WaitArgs),
     /// Send load to a running gate; report OK/FAIL, decisions, throughput and latency
     Load(Box<load::LoadArgs>),
+    /// GET a URL (e.g. the admin listener's /readyz); exit 0 on 2xx, 1 otherwise
+    Probe(probe::ProbeArgs),
 }
 
 pub const EXIT_PROBLEM: u8 = 1;
@@ -163,6 +167,7 @@ pub fn run() -> ExitCode {
         Command::Load(args) => load::run(&args),
         Command::Approver(command) => approver::run(command),
         Command::WaitApproval(args) => wait::run(&args),
+        Command::Probe(args) => probe::run(&args),
     };
     match result {
         Ok(code) => code,
