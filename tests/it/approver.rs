@@ -623,6 +623,33 @@ fn an_approval_in_the_inbox_lets_the_agent_resume_and_a_rejection_stops_it() {
     let (code, out) = audit_verify(&world.state.join("approver-audit.log"));
     assert_eq!(code, 0, "{out}");
 
+    // The notification on the wire, as the approver stored it, matches its published schema.
+    let state = std::fs::read_to_string(world.state.join("state.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(state.lines().next().unwrap()).unwrap();
+    let claims_b64 = first["jws"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let wire: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let schema = crate::schemas::schema_file("schemas/escalation-notification.schema.json");
+    crate::schemas::assert_valid(&schema, &wire, "the gate's notification");
+    assert_eq!(wire["intent_hash"].as_str(), Some(intent.as_str()));
+    assert_eq!(wire["tool"]["args"]["service"].as_str(), Some("billing"));
+    let mut broken = wire.clone();
+    broken.as_object_mut().unwrap().remove("intent_hash");
+    assert!(
+        !schema.is_valid(&broken),
+        "the schema requires the intent hash"
+    );
+
     // Tampering (alice becomes mallory) is detected.
     let path = world.state.join("approver-audit.log");
     let text = std::fs::read_to_string(&path).unwrap();
