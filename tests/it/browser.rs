@@ -214,7 +214,9 @@ fn browser_available() -> bool {
          `apt-get install -y chromium chromium-driver` (.ci/run does)"
     );
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-    eprintln!("\n!!!!!!!!\n{message}\n!!!!!!!!\n");
+    // Straight to the process's stderr: the harness captures `eprintln!` of passing tests,
+    // and this must be seen.
+    let _ = writeln!(std::io::stderr(), "\n!!!!!!!!\n{message}\n!!!!!!!!\n");
     false
 }
 
