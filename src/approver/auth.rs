@@ -109,6 +109,68 @@ pub fn is_identity(name: &str) -> bool {
         })
 }
 
+/// Failed sign-ins a name may have within [`LOCKOUT`] before it is refused unheard.
+pub const MAX_FAILURES: usize = 5;
+/// How long failures count, and how long a locked name stays locked.
+pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Names whose failures are remembered at once; the oldest goes first beyond it.
+const MAX_TRACKED_NAMES: usize = 10_000;
+
+/// Failed sign-ins by name: guessing a password costs a slow hash per try and stops after
+/// [`MAX_FAILURES`] tries per [`LOCKOUT`].
+#[derive(Debug, Default)]
+pub struct Failures {
+    by_name: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+impl Failures {
+    /// `Some(wait)` while `name` is locked out.
+    pub fn locked(&self, name: &str) -> Option<Duration> {
+        let table = self.by_name.lock().ok()?;
+        let recent: Vec<&Instant> = table
+            .get(name)?
+            .iter()
+            .filter(|t| t.elapsed() < LOCKOUT)
+            .collect();
+        if recent.len() < MAX_FAILURES {
+            return None;
+        }
+        recent
+            .iter()
+            .map(|t| LOCKOUT.saturating_sub(t.elapsed()))
+            .min()
+    }
+
+    pub fn failed(&self, name: &str) {
+        let Ok(mut table) = self.by_name.lock() else {
+            return;
+        };
+        if table.len() >= MAX_TRACKED_NAMES && !table.contains_key(name) {
+            table.retain(|_, times| times.iter().any(|t| t.elapsed() < LOCKOUT));
+            if table.len() >= MAX_TRACKED_NAMES {
+                let oldest = table
+                    .iter()
+                    .min_by_key(|(_, times)| times.last().copied())
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    table.remove(&oldest);
+                }
+            }
+        }
+        let times = table
+            .entry(name.chars().take(MAX_IDENTITY).collect())
+            .or_default();
+        times.retain(|t| t.elapsed() < LOCKOUT);
+        times.push(Instant::now());
+    }
+
+    pub fn succeeded(&self, name: &str) {
+        if let Ok(mut table) = self.by_name.lock() {
+            table.remove(name);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Session {
     identity: String,
@@ -239,6 +301,24 @@ mod tests {
         std::fs::write(&path, "alice:plaintext\n").unwrap();
         let err = Passwords::load(&path).unwrap_err();
         assert!(err.contains("line 1: not a PHC password hash"), "{err}");
+    }
+
+    #[test]
+    fn a_name_is_locked_after_repeated_failures_and_others_are_not() {
+        let failures = Failures::default();
+        for _ in 0..MAX_FAILURES - 1 {
+            failures.failed("alice");
+        }
+        assert_eq!(failures.locked("alice"), None);
+        failures.failed("alice");
+        let wait = failures.locked("alice").unwrap();
+        assert!(
+            wait > Duration::from_secs(14 * 60) && wait <= LOCKOUT,
+            "{wait:?}"
+        );
+        assert_eq!(failures.locked("bob"), None);
+        failures.succeeded("alice");
+        assert_eq!(failures.locked("alice"), None);
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub struct App {
     pub store: tokio::sync::Mutex<store::Store>,
     pub audit: AuditLog,
     pub sessions: auth::Sessions,
+    pub failures: auth::Failures,
     /// Bumped at every change, so waiting agents look again.
     pub changed: tokio::sync::watch::Sender<u64>,
 }
@@ -98,6 +99,7 @@ impl App {
             store: tokio::sync::Mutex::new(store),
             audit,
             sessions: auth::Sessions::new()?,
+            failures: auth::Failures::default(),
             changed,
         }))
     }

@@ -667,6 +667,17 @@ async fn login(State(app): Shared, headers: HeaderMap, Form(form): Form<LoginFor
     }
     let user = form.user.unwrap_or_default();
     let password = form.password.unwrap_or_default();
+    if let Some(wait) = app.failures.locked(&user) {
+        tracing::warn!(user = %user.chars().take(64).collect::<String>(), "sign-in refused: too many failures");
+        return login_form(
+            &app,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "too many failed sign-ins for this name; try again in {} min",
+                wait.as_secs().div_ceil(60)
+            )),
+        );
+    }
     let checking = Arc::clone(&app);
     let name = user.clone();
     let ok = tokio::task::spawn_blocking(move || {
@@ -678,6 +689,7 @@ async fn login(State(app): Shared, headers: HeaderMap, Form(form): Form<LoginFor
     .await
     .unwrap_or(false);
     if !ok {
+        app.failures.failed(&user);
         tracing::warn!(user = %user.chars().take(64).collect::<String>(), "failed sign-in");
         return login_form(
             &app,
@@ -685,6 +697,7 @@ async fn login(State(app): Shared, headers: HeaderMap, Form(form): Form<LoginFor
             Some("wrong name or password"),
         );
     }
+    app.failures.succeeded(&user);
     let Ok(session) = app.sessions.start(&user) else {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,

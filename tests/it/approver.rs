@@ -199,7 +199,12 @@ impl World {
         let keys = dir.path().join("keys");
         keygen(&keys, "gate1");
         keygen(&keys, "approver1");
-        let passwords = format!("# approvers\n{}{}", passwd("alice"), passwd("bob"));
+        let passwords = format!(
+            "# approvers\n{}{}{}",
+            passwd("alice"),
+            passwd("bob"),
+            passwd("carol")
+        );
         std::fs::write(dir.path().join("passwords"), passwords).unwrap();
         let state = dir.path().join("approver-state");
         World {
@@ -846,6 +851,22 @@ fn the_inbox_refuses_strangers_forms_without_csrf_double_and_racing_approvals() 
             .unwrap_err()
             .status,
         401
+    );
+    // Guessing stops: after five failures even the right password is refused for a while.
+    for _ in 0..5 {
+        assert_eq!(
+            sign_in(&approver.inbox, "carol", "guess")
+                .unwrap_err()
+                .status,
+            401
+        );
+    }
+    let locked = sign_in(&approver.inbox, "carol", PASSWORD).unwrap_err();
+    assert_eq!(locked.status, 429);
+    assert!(
+        locked.body.contains("too many failed sign-ins"),
+        "{}",
+        locked.body
     );
     let no_nonce = http(
         &approver.inbox,
