@@ -15,7 +15,8 @@ use crate::profile::ProfileStore;
 use crate::request;
 
 pub use candidate::{
-    CandidateReplayer, CandidateReport, CandidateRule, FailOn, Outcome, TransitionCount, EXAMPLE_IDS,
+    CandidateReplayer, CandidateReport, CandidateRule, FailOn, Outcome, TransitionCount,
+    EXAMPLE_IDS,
 };
 
 /// Fields of a decision record that a replay must reproduce exactly.
@@ -185,7 +186,9 @@ impl<'a> Replayer<'a> {
         let version = shadow["profile_version"].as_str().unwrap_or_default();
         let bytes = canonical::to_canonical(stored);
         let replayed = match request::decode(&bytes) {
-            Err(_) => return Some("shadow recorded for a request that never named a profile".to_owned()),
+            Err(_) => {
+                return Some("shadow recorded for a request that never named a profile".to_owned())
+            }
             Ok(request) => {
                 let profile = self.profiles.get(&request.profile_id, version);
                 decide(

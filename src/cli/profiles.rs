@@ -37,11 +37,7 @@ pub enum ProfilesCommand {
 pub fn run(command: ProfilesCommand, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     match command {
         ProfilesCommand::Check { root } => check(root, config),
-        ProfilesCommand::Diff {
-            old,
-            new,
-            profiles,
-        } => diff(&old, &new, profiles, config),
+        ProfilesCommand::Diff { old, new, profiles } => diff(&old, &new, profiles, config),
     }
 }
 

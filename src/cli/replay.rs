@@ -41,7 +41,12 @@ pub struct ReplayArgs {
     /// With --candidate: exit 1 if any of these transitions happened, e.g.
     /// `ALLOW→DENY,DENY→ALLOW` (`->` works too; a side is `*`, a type, or a type and a reason
     /// like `DENY TOOL_NOT_ALLOWED`)
-    #[arg(long, value_name = "FROM→TO", value_delimiter = ',', requires = "candidate")]
+    #[arg(
+        long,
+        value_name = "FROM→TO",
+        value_delimiter = ',',
+        requires = "candidate"
+    )]
     fail_on: Vec<String>,
     /// With --candidate: print the report as one JSON object on stdout
     #[arg(long, requires = "candidate")]

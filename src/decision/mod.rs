@@ -316,7 +316,11 @@ impl Decision {
 
     /// `candidate` (the same attempt decided under `candidate_version`) where it disagrees with
     /// this decision in type or reason; `None` when they agree.
-    pub fn shadow_of(&self, candidate: &Decision, candidate_version: &str) -> Option<ShadowOutcome> {
+    pub fn shadow_of(
+        &self,
+        candidate: &Decision,
+        candidate_version: &str,
+    ) -> Option<ShadowOutcome> {
         let agrees =
             self.decision_type == candidate.decision_type && self.reason == candidate.reason;
         (!agrees).then(|| ShadowOutcome {

@@ -87,12 +87,22 @@ fn describe_tool(tool: &ToolPolicy) -> String {
     }
 }
 
-fn tool_changes(before: &ToolPolicy, after: &ToolPolicy, change: &mut impl FnMut(Direction, String)) {
+fn tool_changes(
+    before: &ToolPolicy,
+    after: &ToolPolicy,
+    change: &mut impl FnMut(Direction, String),
+) {
     if before.requires_approval != after.requires_approval {
         if after.requires_approval {
-            change(Direction::Tightened, "approval token now required".to_owned());
+            change(
+                Direction::Tightened,
+                "approval token now required".to_owned(),
+            );
         } else {
-            change(Direction::Loosened, "approval token no longer required".to_owned());
+            change(
+                Direction::Loosened,
+                "approval token no longer required".to_owned(),
+            );
         }
     } else if before.requires_approval && before.on_missing != after.on_missing {
         change(
@@ -111,7 +121,10 @@ fn tool_changes(before: &ToolPolicy, after: &ToolPolicy, change: &mut impl FnMut
                 "additional_args: allow → deny (args no rule names now violate)".to_owned(),
             );
         } else {
-            change(Direction::Loosened, "additional_args: deny → allow".to_owned());
+            change(
+                Direction::Loosened,
+                "additional_args: deny → allow".to_owned(),
+            );
         }
     }
 
@@ -186,7 +199,14 @@ fn rule_changes(before: &ArgRule, after: &ArgRule, change: &mut impl FnMut(Direc
     }
     limit(&at, "max_len", before.max_len, after.max_len, true, change);
     limit(&at, "min_len", before.min_len, after.min_len, false, change);
-    limit(&at, "max_items", before.max_items, after.max_items, true, change);
+    limit(
+        &at,
+        "max_items",
+        before.max_items,
+        after.max_items,
+        true,
+        change,
+    );
     match (&before.one_of, &after.one_of) {
         (None, None) => {}
         (None, Some(values)) => change(
@@ -217,7 +237,10 @@ fn rule_changes(before: &ArgRule, after: &ArgRule, change: &mut impl FnMut(Direc
     }
     match (rule_pattern(before), rule_pattern(after)) {
         (None, Some(new)) => change(Direction::Tightened, format!("{at}: pattern `{new}` set")),
-        (Some(old), None) => change(Direction::Loosened, format!("{at}: pattern `{old}` removed")),
+        (Some(old), None) => change(
+            Direction::Loosened,
+            format!("{at}: pattern `{old}` removed"),
+        ),
         (Some(old), Some(new)) if old != new => change(
             Direction::Changed,
             format!("{at}: pattern `{old}` → `{new}`"),

@@ -177,7 +177,9 @@ impl CandidateReport {
                     ("profile_id", rule.from_id.as_str().into()),
                     (
                         "profile_version",
-                        rule.from_version.as_deref().map_or(Value::Null, Value::from),
+                        rule.from_version
+                            .as_deref()
+                            .map_or(Value::Null, Value::from),
                     ),
                     ("candidate", rule.candidate().into()),
                 ])
