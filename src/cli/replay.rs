@@ -58,7 +58,7 @@ pub fn run(args: &ReplayArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
     let store = ProfileStore::new(args.profiles.clone().unwrap_or(config.profiles_root));
     let context = Context::new(config.approvals);
     let single_use = config.single_use_ledger.is_some();
-    let files = chain_order(&args.files);
+    let files = chain_order(&not_chain_files_dropped(&args.files));
     if args.candidate.is_empty() {
         let mut replayer = Replayer::new(&store, &context, single_use);
         for_each_record(&files, |record| replayer.record(record))?;
@@ -179,6 +179,27 @@ fn print_table(report: &CandidateReport, rules: &[CandidateRule]) {
             count.request_ids.join(", ")
         );
     }
+}
+
+/// Drops the files a gate keeps beside its chain (`<log>.checkpoints`, a `.tampered-` tail set
+/// aside), which a glob like `audit/ecl-audit.log*` also names; says so on stderr.
+fn not_chain_files_dropped(files: &[PathBuf]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .filter(|file| {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let beside = name.ends_with(crate::audit::segment::CHECKPOINTS_SUFFIX)
+                || name.contains(".tampered-");
+            if beside {
+                eprintln!("note: skipping `{}`: not a chain file", file.display());
+            }
+            !beside
+        })
+        .cloned()
+        .collect()
 }
 
 /// The files in the order a chain was written: within one chain (an active file and its rolled

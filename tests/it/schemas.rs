@@ -33,7 +33,7 @@ pub(crate) fn openapi() -> Json {
 }
 
 /// A JSON Schema 2020-12 document, checked against the meta-schema before use.
-fn schema_file(path: &str) -> Validator {
+pub(crate) fn schema_file(path: &str) -> Validator {
     let schema = read_json(path);
     jsonschema::draft202012::meta::validate(&schema)
         .unwrap_or_else(|err| panic!("{path} is not a valid 2020-12 schema: {err}"));

@@ -351,6 +351,31 @@ async fn shadow_records_and_counts_disagreements_only() {
     }
     assert_eq!(shadowed, 6);
 
+    // Every record, shadow member included, matches the published record schema; a shadow
+    // member that says more, or something else, does not.
+    let schema = crate::schemas::schema_file("schemas/audit-record.schema.json");
+    for record in &records {
+        crate::schemas::assert_valid(&schema, &crate::schemas::to_json(record), "record");
+    }
+    let with_shadow = crate::schemas::to_json(&records[5]);
+    assert!(with_shadow.get("shadow").is_some());
+    for (pointer, bad) in [
+        ("/shadow/decision_type", serde_json::json!("MAYBE")),
+        ("/shadow/reason_code", serde_json::json!("NOPE")),
+        ("/shadow/detail", serde_json::json!("extra")),
+        ("/shadow", serde_json::json!({"decision_type": "DENY"})),
+    ] {
+        let mut record = with_shadow.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        record
+            .pointer_mut(if parent.is_empty() { "" } else { parent })
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(key.to_owned(), bad);
+        assert!(!schema.is_valid(&record), "{pointer} accepted");
+    }
+
     let text = gate.metrics.encode();
     // 11 agreements: the ops request names another profile and the two bodies no profile.
     assert_eq!(metric(&text, "ecl_shadow_agreements_total "), 11.0);
