@@ -311,7 +311,7 @@ impl Progress {
         self.bytes += bytes;
         self.records += 1;
         // Reading the clock on every record would cost more than the check saves.
-        if self.records % 1024 != 0 {
+        if !self.records.is_multiple_of(1024) {
             return;
         }
         let now = Instant::now();

@@ -137,7 +137,7 @@ impl CandidateReport {
             .iter()
             .map(|((from, to), count)| (from, to, count))
             .collect();
-        all.sort_by(|a, b| b.2.count.cmp(&a.2.count));
+        all.sort_by_key(|t| std::cmp::Reverse(t.2.count));
         all
     }
 
