@@ -183,6 +183,11 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
             .unwrap_or_else(|| "writer stopped".to_owned());
         failing.push(Value::from(format!("audit log is failing: {why}")));
     }
+    if audit.checkpoints_stopped {
+        failing.push(Value::from(
+            "audit checkpoints stopped: the tree thread died; records are still written, restart the gate to sign checkpoints again",
+        ));
+    }
     let mut body = crate::canonical::Map::new();
     let status = if failing.is_empty() {
         body.insert("status".into(), "ready".into());
