@@ -207,6 +207,8 @@ fn rule_changes(before: &ArgRule, after: &ArgRule, change: &mut impl FnMut(Direc
         true,
         change,
     );
+    bound(&at, "min", before.min, after.min, false, change);
+    bound(&at, "max", before.max, after.max, true, change);
     match (&before.one_of, &after.one_of) {
         (None, None) => {}
         (None, Some(values)) => change(
@@ -277,6 +279,34 @@ fn limit(
     );
 }
 
+/// A number bound (`min`/`max`), like [`limit`].
+fn bound(
+    at: &str,
+    name: &str,
+    before: Option<f64>,
+    after: Option<f64>,
+    upper: bool,
+    change: &mut impl FnMut(Direction, String),
+) {
+    let show = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+    let direction = match (before, after) {
+        (None, Some(_)) => Direction::Tightened,
+        (Some(_), None) => Direction::Loosened,
+        (Some(old), Some(new)) if old != new => {
+            if (new < old) == upper {
+                Direction::Tightened
+            } else {
+                Direction::Loosened
+            }
+        }
+        _ => return,
+    };
+    change(
+        direction,
+        format!("{at}: {name} {} → {}", show(before), show(after)),
+    );
+}
+
 /// ESCALATE lets a call through with an approval; DENY never does.
 fn severity_direction(before: Severity, after: Severity) -> Direction {
     match (before, after) {
@@ -315,6 +345,12 @@ fn describe_rule(rule: &ArgRule) -> String {
     }
     if let Some(n) = rule.max_items {
         parts.push(format!("max_items {n}"));
+    }
+    if let Some(n) = rule.min {
+        parts.push(format!("min {n}"));
+    }
+    if let Some(n) = rule.max {
+        parts.push(format!("max {n}"));
     }
     if let Some(values) = &rule.one_of {
         parts.push(format!("enum {}", list(values)));
@@ -405,6 +441,30 @@ mod tests {
                 "added email.send: rule `$.body` added (string)",
                 "added files.read: tool now allowed (no arg rules)",
                 "removed gone: tool no longer allowed",
+            ]
+        );
+    }
+
+    #[test]
+    fn number_bounds_tighten_and_loosen() {
+        let old = profile(
+            "1",
+            r#"[{"name":"pay","constraints":{"arg_rules":[
+                {"path":"$.amount","type":"number","min":0,"max":500},
+                {"path":"$.n","type":"integer","max":3}]}}]"#,
+        );
+        let new = profile(
+            "2",
+            r#"[{"name":"pay","constraints":{"arg_rules":[
+                {"path":"$.amount","type":"number","min":1,"max":100.5},
+                {"path":"$.n","type":"integer"}]}}]"#,
+        );
+        assert_eq!(
+            lines(&diff(&old, &new)),
+            [
+                "tightened pay: rule `$.amount`: min 0 → 1",
+                "tightened pay: rule `$.amount`: max 500 → 100.5",
+                "loosened pay: rule `$.n`: max 3 → none",
             ]
         );
     }

@@ -283,3 +283,47 @@ async fn a_ledger_that_cannot_be_written_fails_closed() {
     assert_eq!(record["reason_code"].str(), "INTERNAL_ERROR");
     assert!(record["approved_call"].is_null());
 }
+
+/// The reference treats an empty token as none (`if not token`): CONTROL_REQUIRED, or ESCALATE
+/// where `on_missing` says so, and never APPROVAL_INVALID. Each answer has its record.
+#[tokio::test]
+async fn an_empty_approval_token_is_a_missing_one() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, _, approvals) = keygen(keys.path());
+    let gate = TestGate::start_with(Options {
+        approvals,
+        ..Options::default()
+    })
+    .await;
+
+    let escalating = with_token(&deploy("empty-1", "billing"), "");
+    let (status, answer) = gate.execute(bytes_of(&escalating)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (answer["decision_type"].str(), answer["reason_code"].str()),
+        ("ESCALATE", "APPROVAL_REQUIRED"),
+        "{answer:?}"
+    );
+    let record = gate.record_for(&answer);
+    assert_eq!(record["decision_type"].str(), "ESCALATE");
+    assert_eq!(record["reason_code"].str(), "APPROVAL_REQUIRED");
+
+    let refund = request_for(
+        "finance-agent",
+        "2.1.0",
+        "empty-2",
+        "payments.refund",
+        Value::object([("transfer_id", "TX-0123456789abcdef".into())]),
+    );
+    let (status, answer) = gate.execute(bytes_of(&with_token(&refund, ""))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (answer["decision_type"].str(), answer["reason_code"].str()),
+        ("DENY", "CONTROL_REQUIRED"),
+        "{answer:?}"
+    );
+    let record = gate.record_for(&answer);
+    assert_eq!(record["decision_type"].str(), "DENY");
+    assert_eq!(record["reason_code"].str(), "CONTROL_REQUIRED");
+    assert_eq!(gate.records().len(), 2);
+}
