@@ -100,6 +100,8 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             tracing::info!(notify = %escalations.url, kid = %escalations.kid, "escalations are reported, signed");
             gate.notifier = Some(notifier);
         }
+        // Loads (and logs) every shadow candidate now, so a broken one shows at start.
+        let _ = gate.shadow.status(&gate.profiles);
         let gate = Arc::new(gate);
         let server = Server::bind(config.listen, Arc::clone(&gate))
             .await

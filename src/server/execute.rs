@@ -189,14 +189,19 @@ fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
             let profile = gate
                 .profiles
                 .get(&request.profile_id, &request.profile_version);
-            (gate.decide)(
+            let enforced = (gate.decide)(
                 Attempt::Request {
                     request: &request,
                     profile: &profile,
                 },
                 &gate.context,
                 now,
-            )
+            );
+            if gate.shadow.is_empty() {
+                enforced
+            } else {
+                gate.shadow.annotate(gate, enforced, &request, now)
+            }
         }
     }
 }

@@ -12,6 +12,8 @@ use crate::decision::{self, Attempt, Context, Decision, Runtime};
 use crate::metrics::Metrics;
 use crate::profile::ProfileStore;
 
+use super::shadow::Shadows;
+
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
 pub type DecideFn = fn(Attempt<'_>, &Context, SystemTime) -> Decision;
 
@@ -35,6 +37,8 @@ pub struct Gate {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// `escalations.notify`: reports every ESCALATE after its record is written.
     pub notifier: Option<crate::notify::Notifier>,
+    /// Candidate profile versions decided in shadow (`shadow` in the config).
+    pub shadow: Shadows,
 }
 
 impl Gate {
@@ -54,6 +58,7 @@ impl Gate {
             used_tokens: None,
             proxy: None,
             notifier: None,
+            shadow: Shadows::new(&config.shadow),
         }
     }
 }
