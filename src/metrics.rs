@@ -1,8 +1,10 @@
-//! Prometheus metrics (OpenMetrics text, via `prometheus-client`): what the admin listener
-//! serves at `/metrics`.
+//! Prometheus metrics (via `prometheus-client`): what the admin listener serves at `/metrics`,
+//! as OpenMetrics text or, for scrapers that do not ask for it, classic Prometheus text 0.0.4.
 //!
 //! Owns the registry and the handles the request path updates. Updating a metric never blocks
-//! and never allocates on the hot path: label values are `&'static str`.
+//! and never allocates while deciding: label values are `&'static str`. The per-upstream
+//! families are keyed by tool name (one small allocation per forwarded call, beside a network
+//! round trip) and never by URL, which may carry a token.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +22,21 @@ struct DecisionLabels {
     decision: &'static str,
     reason: &'static str,
 }
+
+/// One upstream, by tool name: never its URL, which may hold a token.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolLabels {
+    tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamCallLabels {
+    tool: String,
+    /// The answer's status class (`2xx`…) or the error kind (`timeout`, `upstream_busy`, …).
+    outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -40,11 +57,21 @@ pub struct Metrics {
     pub checkpoint_failures: Counter,
     pub in_flight: Gauge,
     pub profiles_loaded: Gauge,
+    upstream_calls: Family<UpstreamCallLabels, Counter>,
+    upstream_duration: HistogramFamily<ToolLabels>,
+    upstream_in_flight: Family<ToolLabels, Gauge>,
+    pub tools_without_upstream: Gauge,
 }
 
 /// Latency buckets from 25 µs to about 0.8 s.
 fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_025, 2.0, 16)
+}
+
+/// Tool call buckets from 1 ms to about 65 s: tools are slower than deciding, and an upstream
+/// timeout may be minutes.
+fn upstream_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 impl Metrics {
@@ -59,7 +86,7 @@ impl Metrics {
         let decision_duration = Histogram::new(latency_buckets());
         registry.register(
             "ecl_decision_duration_seconds",
-            "Time from request received to decision answered, audit write included",
+            "Time from request received to decision recorded, audit write included; in proxy mode the tool's time is not (see ecl_upstream_duration_seconds)",
             decision_duration.clone(),
         );
         let audit_append_duration = Histogram::new(latency_buckets());
@@ -110,6 +137,31 @@ impl Metrics {
             "Profile versions loaded and cached",
             profiles_loaded.clone(),
         );
+        let upstream_calls = Family::<UpstreamCallLabels, Counter>::default();
+        registry.register(
+            "ecl_upstream_calls",
+            "Proxy mode: calls to tools, by tool name and outcome (status class such as 2xx, or the error kind)",
+            upstream_calls.clone(),
+        );
+        let upstream_duration: HistogramFamily<ToolLabels> =
+            Family::new_with_constructor(upstream_histogram);
+        registry.register(
+            "ecl_upstream_duration_seconds",
+            "Proxy mode: time from sending a call to its tool to the whole answer read, by tool name",
+            upstream_duration.clone(),
+        );
+        let upstream_in_flight = Family::<ToolLabels, Gauge>::default();
+        registry.register(
+            "ecl_upstream_in_flight",
+            "Proxy mode: calls waiting on each tool now (bounded by its max_concurrent)",
+            upstream_in_flight.clone(),
+        );
+        let tools_without_upstream = Gauge::default();
+        registry.register(
+            "ecl_tools_without_upstream",
+            "Proxy mode: tools a loaded profile allows that have no upstream (their ALLOWs are recorded with outcome no_upstream)",
+            tools_without_upstream.clone(),
+        );
         registry.register(
             "ecl_build",
             "Version and build of this gate",
@@ -130,7 +182,41 @@ impl Metrics {
             checkpoint_failures,
             in_flight,
             profiles_loaded,
+            upstream_calls,
+            upstream_duration,
+            upstream_in_flight,
+            tools_without_upstream,
         }
+    }
+
+    /// One finished call to `tool`'s upstream. A call never sent (`no_upstream`,
+    /// `upstream_busy`, …) is counted but has no duration to observe.
+    pub fn upstream_called(&self, tool: &str, outcome: &'static str, took: Option<f64>) {
+        self.upstream_calls
+            .get_or_create(&UpstreamCallLabels {
+                tool: tool.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(seconds) = took {
+            self.upstream_duration
+                .get_or_create(&ToolLabels {
+                    tool: tool.to_owned(),
+                })
+                .observe(seconds);
+        }
+    }
+
+    /// Counts a call waiting on `tool` until the returned guard is dropped.
+    pub fn upstream_waiting(&self, tool: &str) -> UpstreamInFlight {
+        let gauge = self
+            .upstream_in_flight
+            .get_or_create(&ToolLabels {
+                tool: tool.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        UpstreamInFlight(gauge)
     }
 
     pub fn decided(&self, decision: DecisionType, reason: ReasonCode, seconds: f64) {
@@ -149,6 +235,68 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+
+    /// The classic Prometheus text exposition (format 0.0.4).
+    pub fn encode_classic(&self) -> String {
+        to_classic(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text as classic Prometheus text 0.0.4, which `prometheus-client` does
+/// not write: a counter family is named after its `_total` sample, an info family becomes a
+/// gauge named `_info`, and `# UNIT`, `# EOF`, `_created` samples and exemplars go.
+fn to_classic(openmetrics: &str) -> String {
+    let mut types = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                types.insert(name, kind);
+            }
+        }
+    }
+    let family = |name: &str| -> (String, &'static str) {
+        match types.get(name).copied() {
+            Some("counter") => (format!("{name}_total"), "counter"),
+            Some("info") => (format!("{name}_info"), "gauge"),
+            Some("gauge") => (name.to_owned(), "gauge"),
+            Some("histogram") => (name.to_owned(), "histogram"),
+            Some("summary") => (name.to_owned(), "summary"),
+            _ => (name.to_owned(), "untyped"),
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            // OpenMetrics also escapes `"` in help text; the classic format does not.
+            let help = help.replace("\\\"", "\"");
+            out.push_str(&format!("# HELP {} {help}\n", family(name).0));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(name, _)| name);
+            let (name, kind) = family(name);
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if line.starts_with('#') {
+            // `# UNIT`, `# EOF`: OpenMetrics only.
+        } else if !line.is_empty() {
+            let sample = line.split_once(" # ").map_or(line, |(sample, _)| sample);
+            let name = sample.split(['{', ' ']).next().unwrap_or("");
+            if name.ends_with("_created") {
+                continue;
+            }
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Counts a call waiting on a tool until dropped.
+pub struct UpstreamInFlight(Gauge);
+
+impl Drop for UpstreamInFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ecl_gate::config::{figment, Config, RawConfig};
 use ecl_gate::decision::{decide, Attempt, Context};
 use ecl_gate::profile::ProfileStore;
-use ecl_gate::proxy::missing_upstream;
+use ecl_gate::proxy::tools_without_upstream;
 use figment::Jail;
 use serde_yaml::Value as Yaml;
 
@@ -408,7 +408,7 @@ fn compose_puts_the_tool_on_an_internal_network_only_the_gate_joins() {
     );
     assert_eq!(
         get("TOOL_URL"),
-        config.proxy.unwrap().upstreams["demo.echo"].url_text
+        config.proxy.unwrap().upstreams["demo.echo"].url.to_string()
     );
     let script = read(&deploy("compose/agent/agent.sh"));
     assert!(script.contains("/agent/allow.json") && script.contains("/agent/deny.json"));
@@ -588,11 +588,11 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
         Some(u64::from(TOOL_PORT))
     );
     check_route(&config, "demo-tool");
-    // Every tool the shipped profile allows has an upstream (what `serve` checks at start).
+    // Every tool the shipped profile allows has an upstream (what `serve` reports at start).
     let store = ProfileStore::new(deploy(&format!("{dir}/profiles")));
     assert_eq!(
-        missing_upstream(&store, &config.proxy.as_ref().unwrap().upstreams),
-        None
+        tools_without_upstream(&store, &config.proxy.as_ref().unwrap().upstreams),
+        vec![]
     );
     (docs, config)
 }
