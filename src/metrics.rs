@@ -355,3 +355,57 @@ impl crate::audit::AuditObserver for AuditMetrics {
         self.checkpoint_failures.inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 16: not every scraper reads OpenMetrics; the classic text names counter and info
+    // families after their samples.
+    #[test]
+    fn classic_text_renames_counter_and_info_families() {
+        let metrics = Metrics::new(&Runtime::current());
+        metrics.decided(DecisionType::Allow, ReasonCode::Ok, 0.001);
+        metrics.upstream_called("email.send", "2xx", Some(0.2));
+        let open = metrics.encode();
+        assert!(open.contains("# TYPE ecl_decisions counter\n"), "{open}");
+        assert!(open.ends_with("# EOF\n"));
+        let classic = metrics.encode_classic();
+        for line in [
+            "# HELP ecl_decisions_total Decisions answered, by decision type and reason code.",
+            "# TYPE ecl_decisions_total counter",
+            "ecl_decisions_total{decision=\"ALLOW\",reason=\"OK\"} 1",
+            "# TYPE ecl_build_info gauge",
+            "# TYPE ecl_decision_duration_seconds histogram",
+            "ecl_decision_duration_seconds_count 1",
+            "# TYPE ecl_upstream_calls_total counter",
+            "ecl_upstream_calls_total{tool=\"email.send\",outcome=\"2xx\"} 1",
+            "ecl_upstream_duration_seconds_count{tool=\"email.send\"} 1",
+            "# TYPE ecl_requests_in_flight gauge",
+        ] {
+            assert!(
+                classic.lines().any(|l| l == line),
+                "missing `{line}` in\n{classic}"
+            );
+        }
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+        // Every sample belongs to the family its `# TYPE` line names.
+        let mut family = String::new();
+        for line in classic.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap_or("").to_owned();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "`{line}` outside `{family}`");
+            }
+        }
+    }
+
+    #[test]
+    fn classic_text_unescapes_quotes_in_help_only() {
+        let text = "# HELP x A \\\"quoted\\\" word\n# TYPE x gauge\nx{a=\"\\\"\"} 1\n# EOF\n";
+        assert_eq!(
+            to_classic(text),
+            "# HELP x A \"quoted\" word\n# TYPE x gauge\nx{a=\"\\\"\"} 1\n"
+        );
+    }
+}

@@ -318,6 +318,22 @@ fn outcomes(records: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// Checks `value` against the OpenAPI document: the answer of `/v1/execute` (`component`
+/// `None`) or a named component schema.
+fn assert_documented(value: &Value, component: Option<&str>) {
+    let doc = crate::schemas::openapi();
+    let validator = match component {
+        Some(name) => crate::schemas::component(&doc, name),
+        None => crate::schemas::execute_response(&doc, 200),
+    };
+    let json: serde_json::Value = serde_json::from_slice(&canonical::to_canonical(value)).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?} in {json}");
+}
+
 fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
@@ -356,6 +372,7 @@ fn a_stop_cuts_off_a_call_past_the_grace_with_a_shutdown_outcome_and_an_answer()
     assert_eq!(answer["decision_type"].str(), "ALLOW", "{answer:?}");
     assert_eq!(answer["execution"]["error"]["kind"].str(), "shutdown");
     assert!(answer["execution"]["status"].is_null());
+    assert_documented(&answer, None);
     assert!(
         logs.iter()
             .any(|l| l.contains("recording them as `shutdown`")),
@@ -642,6 +659,7 @@ fn a_saturated_slow_tool_leaves_other_calls_alone_and_is_measured_apart() {
     assert!(third["execution"]["error"]["message"]
         .str()
         .contains("`max_concurrent`"));
+    assert_documented(&third, None);
     for pending in slow {
         let answer = pending.join().unwrap();
         assert_eq!(
@@ -872,6 +890,7 @@ fn a_profile_pushed_with_an_unrouted_tool_never_crash_loops_the_next_start() {
     let (status, ready) = crate::cli::get(&gate.admin, "/readyz");
     assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("\"warnings\""), "{ready}");
+    assert_documented(&canonical::parse(ready.as_bytes()).unwrap(), Some("Ready"));
     let (_, metrics) = crate::cli::get(&gate.admin, "/metrics");
     assert_eq!(
         metric(&metrics, "ecl_tools_without_upstream"),

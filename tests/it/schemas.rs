@@ -50,7 +50,7 @@ fn openapi_validator(doc: &Json, schema: &Json) -> Validator {
     jsonschema::draft202012::new(&wrapped).unwrap_or_else(|err| panic!("{schema}: {err}"))
 }
 
-fn component(doc: &Json, name: &str) -> Validator {
+pub(crate) fn component(doc: &Json, name: &str) -> Validator {
     assert!(
         doc["components"]["schemas"].get(name).is_some(),
         "no component schema {name}"
