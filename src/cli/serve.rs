@@ -15,7 +15,7 @@ use crate::config::{Config, LogFormat};
 use crate::decision::Runtime;
 use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
-use crate::proxy::{tools_without_upstream, Proxy};
+use crate::proxy::{tools_without_upstream, Proxy, SHUTDOWN_RECORDING};
 use crate::server::{Gate, Server};
 
 use super::EXIT_CONFIG;
@@ -153,10 +153,6 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
-
-/// How long calls cut off at the end of a stop's grace get to write their `shutdown` outcome
-/// records and answer their agents: one audit append and one response each.
-const SHUTDOWN_RECORDING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The rest of a stop: requests in flight get `grace`; then calls still waiting on a tool are
 /// cut off, each recorded with outcome `shutdown` and answered, so no forwarded call is left

@@ -38,6 +38,11 @@ use crate::profile::ProfileStore;
 pub use crate::config::proxy::{url_without_query, ProxyConfig, Upstream};
 pub use client::{Answer, ClientError, UpstreamClient, UpstreamError};
 
+/// How long calls cut off at the end of a stop's grace get to write their `shutdown` outcome
+/// records and answer their agents (one audit append and one response each): an orchestrator's
+/// grace period must exceed `shutdown_grace_ms` plus this.
+pub const SHUTDOWN_RECORDING: Duration = Duration::from_secs(5);
+
 /// The forwarding half of the gate in proxy mode.
 #[derive(Debug)]
 pub struct Proxy {
