@@ -256,15 +256,7 @@ impl Config {
     /// Loads from the usual sources: `explicit` (`--config`), else `ECL_CONFIG`, else
     /// [`DEFAULT_CONFIG_PATH`] when it exists; then the environment.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let file = match explicit
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("ECL_CONFIG").map(PathBuf::from))
-        {
-            Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path)),
-            Some(path) => Some(path),
-            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file()),
-        };
-        Config::from_figment(figment(file.as_deref()))
+        Config::from_figment(figment(config_file(explicit)?.as_deref()))
     }
 
     /// Extracts and validates; tests hand in their own figment.
@@ -273,6 +265,28 @@ impl Config {
             .extract()
             .map_err(|err| ConfigError::Extract(Box::new(err)))?;
         raw.validate()
+    }
+}
+
+/// The keys as written, from the same sources as [`Config::load`], without validating them or
+/// reading any file they name: for tools that need a few keys but none of the secrets (e.g.
+/// `profiles check` comparing profiles with the configured upstreams in CI).
+pub fn load_raw(explicit: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    figment(config_file(explicit)?.as_deref())
+        .extract()
+        .map_err(|err| ConfigError::Extract(Box::new(err)))
+}
+
+/// The TOML file to read: `explicit` (`--config`), else `ECL_CONFIG`, else
+/// [`DEFAULT_CONFIG_PATH`] when it exists.
+fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    match explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ECL_CONFIG").map(PathBuf::from))
+    {
+        Some(path) if !path.is_file() => Err(ConfigError::MissingFile(path)),
+        Some(path) => Ok(Some(path)),
+        None => Ok(Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file())),
     }
 }
 

@@ -906,3 +906,50 @@ fn a_profile_pushed_with_an_unrouted_tool_never_crash_loops_the_next_start() {
     gate.stop();
     assert_eq!(tool.calls().len(), 1);
 }
+
+// Issue 16 item 7: CI can refuse a profile that allows a tool without an upstream, before it
+// ships, with the gate's configuration but without its secrets.
+#[test]
+fn profiles_check_with_a_proxy_config_refuses_an_unrouted_tool_without_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    write_profile(&profiles, "p", "1", &["tool.fast"]);
+    let config = dir.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        "mode = \"proxy\"\n[grants]\nsigning_key = \"/run/keys/not-here.key\"\n\
+         [upstreams.\"tool.fast\"]\nurl = \"https://tool.internal/fast\"\n\
+         headers = { Authorization = { env = \"NOT_SET_IN_CI\" } }\n",
+    )
+    .unwrap();
+    let check = || {
+        gate_command()
+            .arg("--config")
+            .arg(&config)
+            .args(["profiles", "check"])
+            .arg(&profiles)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok       p 1 "), "{stdout}");
+
+    write_profile(&profiles, "p", "2", &["tool.fast", "tool.unrouted"]);
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("unrouted p 2: no `[upstreams.\"…\"]` for `tool.unrouted`; proxy mode would record its ALLOWs as `no_upstream`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 profiles, 1 invalid or unrouted"),
+        "{stdout}"
+    );
+}
