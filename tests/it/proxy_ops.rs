@@ -207,10 +207,13 @@ impl Running {
         let mut start_log = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            assert!(Instant::now() < deadline, "no serving line: {start_log:#?}");
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                panic!("gate exited before serving: {start_log:#?}");
+            let line = match lines.next() {
+                Some(Ok(line)) if Instant::now() < deadline => line,
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the gate did not serve: {start_log:#?}");
+                }
             };
             start_log.push(line.clone());
             if let Some(rest) = line.split("serving POST http://").nth(1) {
