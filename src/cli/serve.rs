@@ -41,6 +41,9 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         }
     };
     init_logging(&config);
+    for name in crate::config::service_link_variables() {
+        tracing::debug!(%name, "ignoring a Kubernetes service-link variable");
+    }
     // Validation ran before logging existed; its warnings are the operator's to see.
     for warning in &config.warnings {
         tracing::warn!("{warning}");
