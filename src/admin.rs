@@ -3,8 +3,9 @@
 //! Endpoints:
 //! - `GET /healthz` — the process is alive and serving this listener: always 200.
 //! - `GET /readyz` — 200 when the execution listener is bound, the profiles root is readable
-//!   and the audit log takes writes; otherwise 503 with the failing checks named. In proxy
-//!   mode a 200 also lists, under `warnings`, tools a profile allows without an upstream.
+//!   and the audit log takes writes; otherwise 503 with the failing checks named. With shadow
+//!   candidates configured, a `shadow` member says whether each is evaluated (never a 503). In
+//!   proxy mode a 200 also lists, under `warnings`, tools a profile allows without an upstream.
 //! - `GET /metrics` — Prometheus metrics: OpenMetrics text when the scraper's `Accept` asks for
 //!   `application/openmetrics-text`, classic Prometheus text 0.0.4 otherwise.
 //! - `GET /openapi.yaml` — the API description.
@@ -233,33 +234,49 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
             "audit checkpoints stopped: the tree thread died; records are still written, restart the gate to sign checkpoints again",
         ));
     }
-    if failing.is_empty() {
+    let mut body = crate::canonical::Map::new();
+    let status = if failing.is_empty() {
+        body.insert("status".into(), "ready".into());
         // Not a reason to take the gate out of service: every gate running the same profiles
         // would go unready at once. Listed so a rollout or an operator sees it.
         let warnings: Vec<Value> = missing_upstreams(state)
             .iter()
             .map(|gap| Value::from(gap.to_string()))
             .collect();
-        if warnings.is_empty() {
-            json(StatusCode::OK, &Value::object([("status", "ready".into())]))
-        } else {
-            json(
-                StatusCode::OK,
-                &Value::object([
-                    ("status", "ready".into()),
-                    ("warnings", Value::Array(warnings)),
-                ]),
-            )
+        if !warnings.is_empty() {
+            body.insert("warnings".into(), Value::Array(warnings));
         }
+        StatusCode::OK
     } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &Value::object([
-                ("status", "not ready".into()),
-                ("failing", Value::Array(failing)),
-            ]),
-        )
+        body.insert("status".into(), "not ready".into());
+        body.insert("failing".into(), Value::Array(failing));
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // A broken shadow candidate is reported here but never makes the gate unready: taking the
+    // gate out of rotation would let a policy nobody enforces change what agents get.
+    if !state.gate.shadow.is_empty() {
+        let candidates = state
+            .gate
+            .shadow
+            .status(&state.gate.profiles)
+            .into_iter()
+            .map(|status| {
+                let mut entry = crate::canonical::Map::new();
+                entry.insert("profile".into(), status.profile.into());
+                entry.insert("candidate".into(), status.candidate.into());
+                match status.problem {
+                    None => entry.insert("state".into(), "evaluated".into()),
+                    Some(problem) => {
+                        entry.insert("error".into(), problem.into());
+                        entry.insert("state".into(), "unavailable".into())
+                    }
+                };
+                Value::Object(entry)
+            })
+            .collect();
+        body.insert("shadow".into(), Value::Array(candidates));
     }
+    json(status, &Value::Object(body))
 }
 
 fn json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -21,6 +21,7 @@ mod proxy;
 mod proxy_ops;
 mod replay;
 mod schemas;
+mod shadow;
 mod vectors;
 
 /// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the
