@@ -207,6 +207,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let agent_listener = tokio::net::TcpListener::bind(settings.agent_listen)
             .await
             .with_context(|| format!("cannot listen on `{}` (--agent-listen)", settings.agent_listen))?;
+        let mut signals = crate::cli::serve::StopSignals::install()
+            .context("cannot listen for SIGTERM")?;
         let inbox_addr = inbox_listener.local_addr()?;
         let agent_addr = agent_listener.local_addr()?;
         let pending = store.list(approver::now_secs()).len();
@@ -224,8 +226,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let agent = axum::serve(agent_listener, approver::agent_router(Arc::clone(&app)))
             .with_graceful_shutdown(notified(Arc::clone(&shutdown)));
         let signals = async {
-            crate::cli::serve::shutdown_signal().await;
-            tracing::info!("stopping: no new connections; waiting agents are answered 202");
+            signals.next().await;
+            tracing::info!("stopping: no new connections; waiting agents are answered when their wait ends");
             shutdown.notify_waiters();
         };
         let (a, b, ()) = tokio::join!(inbox, agent, signals);
