@@ -114,15 +114,30 @@ impl Driver {
         self.session_call("POST", "/url", Some(json!({ "url": url })));
     }
 
+    /// The element `css` selects, waiting up to 10 s for it: a click that submits a form may
+    /// return before the next page has loaded.
     fn find(&self, css: &str) -> String {
-        let found = self.session_call(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        match found[ELEMENT].as_str() {
-            Some(id) => id.to_owned(),
-            None => panic!("no element `{css}` ({found}) on {}", self.source()),
+        let body = json!({"using": "css selector", "value": css}).to_string();
+        let path = format!("/session/{}/element", self.session);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = http(
+                &self.addr,
+                "POST",
+                &path,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            );
+            let value: Json = serde_json::from_str(&answer.body).unwrap_or(Json::Null);
+            if answer.status == 200 {
+                if let Some(id) = value["value"][ELEMENT].as_str() {
+                    return id.to_owned();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("no element `{css}` ({}) on {}", answer.body, self.source());
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -304,11 +319,13 @@ fn a_person_approves_and_rejects_in_a_real_browser() {
     browser.type_into("#user", "alice");
     browser.type_into("#password", PASSWORD);
     browser.click("#sign-in");
+    browser.find("tr.escalation");
     let page = browser.source();
     assert!(page.contains("Pending escalations (3)"), "{page}");
     browser.screenshot("approver-inbox.png");
 
     browser.click(&format!("a[href=\"/escalations/{intent}\"]"));
+    browser.find("#approve");
     let args = browser.text("#args");
     assert!(
         args.contains("\"service\": \"billing\"") && args.contains("\"version\": \"1.4.2\""),
