@@ -40,6 +40,10 @@ pub struct Metrics {
     pub checkpoint_failures: Counter,
     pub in_flight: Gauge,
     pub profiles_loaded: Gauge,
+    /// Key files (JWKS, PEM) that changed but could not be loaded; the old keys stay in use.
+    pub auth_key_reload_failures: Counter,
+    /// Bearer tokens accepted from the verified-token cache, without a signature check.
+    pub auth_token_cache_hits: Counter,
 }
 
 /// Latency buckets from 25 µs to about 0.8 s.
@@ -110,6 +114,18 @@ impl Metrics {
             "Profile versions loaded and cached",
             profiles_loaded.clone(),
         );
+        let auth_key_reload_failures = Counter::default();
+        registry.register(
+            "ecl_auth_key_reload_failures",
+            "Changed caller key files (JWKS, PEM) that could not be loaded; the previous keys stay in use",
+            auth_key_reload_failures.clone(),
+        );
+        let auth_token_cache_hits = Counter::default();
+        registry.register(
+            "ecl_auth_token_cache_hits",
+            "Bearer tokens accepted from the verified-token cache, without a signature check",
+            auth_token_cache_hits.clone(),
+        );
         registry.register(
             "ecl_build",
             "Version and build of this gate",
@@ -130,6 +146,8 @@ impl Metrics {
             checkpoint_failures,
             in_flight,
             profiles_loaded,
+            auth_key_reload_failures,
+            auth_token_cache_hits,
         }
     }
 

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+use crate::caller::{Caller, CallerMethod};
 use crate::canonical::{self, Value};
 use crate::decision::{decide, provenance_id, Attempt, Context, DecisionType, Timestamps};
 use crate::profile::ProfileStore;
@@ -107,7 +108,8 @@ impl<'a> Replayer<'a> {
                 .unwrap_or_default()
                 .to_owned(),
         };
-        let mut replayed = self.decide_at(stored, decided_at);
+        let caller = recorded_caller(record)?;
+        let mut replayed = self.decide_at(stored, &caller, decided_at);
         if let (Some(spent), Some(approval)) = (&mut self.spent, &replayed.approval) {
             let fresh = spent.insert((approval.kid.clone(), approval.jti.clone()));
             if !fresh && replayed.decision_type == DecisionType::Allow {
@@ -168,10 +170,15 @@ impl<'a> Replayer<'a> {
         }
     }
 
-    fn decide_at(&self, stored: &Value, now: SystemTime) -> crate::decision::Decision {
+    fn decide_at(
+        &self,
+        stored: &Value,
+        caller: &Caller,
+        now: SystemTime,
+    ) -> crate::decision::Decision {
         let bytes = canonical::to_canonical(stored);
         match request::decode(&bytes) {
-            Err(rejection) => decide(Attempt::Rejected(&rejection), self.context, now),
+            Err(rejection) => decide(Attempt::Rejected(&rejection), self.context, caller, now),
             Ok(request) => {
                 let profile = self
                     .profiles
@@ -182,11 +189,30 @@ impl<'a> Replayer<'a> {
                         profile: &profile,
                     },
                     self.context,
+                    caller,
                     now,
                 )
             }
         }
     }
+}
+
+/// The caller a record names; records written before callers were recorded were all
+/// `anonymous`.
+fn recorded_caller(record: &Value) -> Result<Caller, String> {
+    let Some(caller) = record.get("caller") else {
+        return Ok(Caller::anonymous());
+    };
+    let method = caller["method"]
+        .as_str()
+        .and_then(CallerMethod::parse)
+        .ok_or("no readable `caller.method`")?;
+    let id = caller["id"].as_str().ok_or("no readable `caller.id`")?;
+    Ok(Caller {
+        method,
+        id: id.into(),
+        issuer: caller["iss"].as_str().map(Into::into),
+    })
 }
 
 fn show(value: &Value) -> String {

@@ -59,6 +59,13 @@ enum Command {
         /// Exit 1 unless the decision is this one: ALLOW, DENY or ESCALATE
         #[arg(long, value_name = "TYPE")]
         expect: Option<String>,
+        /// Decide as this authenticated caller (checked against `[[bindings]]`); default:
+        /// `anonymous`
+        #[arg(long, value_name = "ID")]
+        caller: Option<String>,
+        /// How `--caller` authenticated: `jwt` (the default with `--caller`), `mtls` or `none`
+        #[arg(long, value_name = "METHOD", requires = "caller")]
+        caller_method: Option<String>,
     },
     /// Re-decide every request recorded in audit logs (needs `audit.include_request`)
     Replay {
@@ -133,7 +140,10 @@ pub fn run() -> ExitCode {
             request,
             profiles,
             expect,
-        } => decide::run(&request, profiles, expect.as_deref(), config),
+            caller,
+            caller_method,
+        } => decide::caller(caller, caller_method.as_deref())
+            .and_then(|caller| decide::run(&request, profiles, expect.as_deref(), caller, config)),
         Command::Replay { files, profiles } => replay::run(&files, profiles, config),
         Command::Keygen { out, kid } => approve::keygen(&out, kid.as_deref()),
         Command::Approve {

@@ -21,7 +21,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let store = ProfileStore::new(profiles.unwrap_or(config.profiles_root));
-    let context = Context::new(config.approvals);
+    let context = Context::new(config.approvals).with_bindings(config.bindings);
     let mut replayer = Replayer::new(&store, &context, config.single_use_ledger.is_some());
     for file in files {
         let reader = std::io::BufReader::new(

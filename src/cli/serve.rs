@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::admin::Admin;
 use crate::approval::UsedTokens;
 use crate::audit::{expand_path, AuditError, AuditLog, AuditSettings, FileOptions};
+use crate::auth::Authenticator;
 use crate::config::{Config, LogFormat};
 use crate::decision::Runtime;
 use crate::metrics::Metrics;
@@ -53,6 +54,21 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     };
 
     let metrics = Arc::new(Metrics::new(&Runtime::current()));
+    let auth = match Authenticator::load(&config.auth, Arc::clone(&metrics)) {
+        Ok(auth) => auth,
+        Err(err) => {
+            eprintln!("error: invalid configuration: caller keys: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if !config.listen.ip().is_loopback() && !auth.is_required() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the execution listener is reachable beyond this host, but callers are not authenticated \
+             (`auth.methods = [\"none\"]`): anyone who reaches it may claim any principal{}",
+            if config.bindings.is_some() { "" } else { " and use any profile" }
+        );
+    }
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let audit_path = expand_path(&config.audit.path_template, std::process::id(), &hostname);
     if let Some(dir) = audit_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -90,6 +106,8 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             gate.used_tokens = Some(Arc::new(ledger));
         }
         gate.proxy = proxy;
+        auth.spawn_reloader();
+        gate.auth = auth;
         let gate = Arc::new(gate);
         let server = Server::bind(config.listen, Arc::clone(&gate))
             .await

@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub mod auth;
 pub mod proxy;
 
 use crate::approval::{parse_public_key, Approvals};
@@ -73,6 +74,8 @@ pub struct RawConfig {
     pub upstreams: std::collections::BTreeMap<String, proxy::RawUpstream>,
     pub grants: proxy::RawGrants,
     pub tls: proxy::RawTls,
+    pub auth: auth::RawAuth,
+    pub bindings: Vec<auth::RawBinding>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +163,8 @@ impl Default for RawConfig {
             upstreams: Default::default(),
             grants: Default::default(),
             tls: Default::default(),
+            auth: Default::default(),
+            bindings: Vec::new(),
         }
     }
 }
@@ -199,6 +204,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
     pub proxy: Option<proxy::ProxyConfig>,
+    /// How callers authenticate on the execution listener.
+    pub auth: auth::AuthConfig,
+    /// Who may use which profiles and principals; `None`: anyone may use any.
+    pub bindings: Option<crate::caller::Bindings>,
 }
 
 /// Bounds on what clients can make the gate hold at once.
@@ -421,7 +430,11 @@ impl RawConfig {
             )?),
             Mode::Decide => None,
         };
+        let auth = self.auth.validate()?;
+        let bindings = auth::validate_bindings(self.bindings)?;
         Ok(Config {
+            auth,
+            bindings,
             proxy,
             approvals,
             single_use_ledger,

@@ -18,6 +18,7 @@ use http_body_util::Full;
 use hyper::body::Body;
 
 use crate::approval::Spend;
+use crate::caller::Caller;
 use crate::canonical;
 use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
 use crate::metrics::InFlight;
@@ -99,8 +100,44 @@ where
             ),
             normalized: None,
         };
-        let decision = (gate.decide)(Attempt::Rejected(&rejection), &gate.context, arrival.wall);
+        let decision = (gate.decide)(
+            Attempt::Rejected(&rejection),
+            &gate.context,
+            &Caller::anonymous(),
+            arrival.wall,
+        );
         return record_and_respond(&gate, decision, arrival, arrival.wall).await;
+    };
+    // Who is calling, from the head alone: a caller that cannot prove it costs no body read.
+    let caller = match gate.auth.authenticate(request.uri(), request.headers()) {
+        Ok(caller) => caller,
+        Err(failure) => {
+            let rejection = Rejection {
+                reason: ReasonCode::CallerUnauthenticated,
+                request_hash: canonical::sha256_prefixed(b""),
+                request_id: None,
+                profile: None,
+                detail: failure.description.clone(),
+                normalized: None,
+            };
+            let decision = (gate.decide)(
+                Attempt::Rejected(&rejection),
+                &gate.context,
+                &Caller::anonymous(),
+                arrival.wall,
+            );
+            let mut response = record_and_respond(&gate, decision, arrival, arrival.wall).await;
+            // RFC 6750 §3: 401 with a challenge. A 503 (the record failed) stays a 503.
+            if response.status() == StatusCode::OK {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                if let Ok(challenge) = HeaderValue::from_str(&failure.challenge()) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge);
+                }
+            }
+            return response;
+        }
     };
     let declared = request
         .headers()
@@ -115,7 +152,7 @@ where
     )
     .await;
 
-    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival))
+    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival, &caller))
         .catch_unwind()
         .await;
     match attempt {
@@ -124,7 +161,8 @@ where
             // The decision or its audit panicked: what was decided is unknown, so the answer
             // is an INTERNAL_ERROR of its own, recorded like any other decision.
             tracing::error!("panic while deciding; answering INTERNAL_ERROR");
-            let decision = internal_error(&gate, body.as_ref().ok());
+            let mut decision = internal_error(&gate, body.as_ref().ok());
+            decision.caller = caller;
             record_and_respond(&gate, decision, arrival, SystemTime::now()).await
         }
     }
@@ -134,12 +172,13 @@ async fn decide_and_record(
     gate: &Gate,
     body: &Result<Bytes, super::body::BodyFailure>,
     arrival: Arrival,
+    caller: &Caller,
 ) -> Response<Full<Bytes>> {
     // The decision time, at the precision the audit record keeps, so a replay at the recorded
     // `decided_at` sees exactly the instant this decision saw.
     let now = to_micros(SystemTime::now());
     let decision = match body {
-        Ok(bytes) => decide_body(gate, bytes, now),
+        Ok(bytes) => decide_body(gate, bytes, caller, now),
         Err(failure) => {
             let rejection = Rejection {
                 reason: failure.reason,
@@ -150,7 +189,7 @@ async fn decide_and_record(
                 detail: failure.detail.clone(),
                 normalized: None,
             };
-            (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now)
+            (gate.decide)(Attempt::Rejected(&rejection), &gate.context, caller, now)
         }
     };
     let decision = spend_approval(gate, decision, now).await;
@@ -182,9 +221,9 @@ async fn spend_approval(gate: &Gate, decision: Decision, now: SystemTime) -> Dec
 }
 
 /// Steps 2–9: decode, look the profile up, decide.
-fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
+fn decide_body(gate: &Gate, bytes: &[u8], caller: &Caller, now: SystemTime) -> Decision {
     match request::decode(bytes) {
-        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now),
+        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.context, caller, now),
         Ok(request) => {
             let profile = gate
                 .profiles
@@ -195,6 +234,7 @@ fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
                     profile: &profile,
                 },
                 &gate.context,
+                caller,
                 now,
             )
         }

@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::approval::UsedTokens;
 use crate::audit::AuditLog;
+use crate::auth::Authenticator;
+use crate::caller::Caller;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Limits};
@@ -13,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::profile::ProfileStore;
 
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
-pub type DecideFn = fn(Attempt<'_>, &Context, SystemTime) -> Decision;
+pub type DecideFn = fn(Attempt<'_>, &Context, &Caller, SystemTime) -> Decision;
 
 pub struct Gate {
     pub profiles: ProfileStore,
@@ -33,6 +35,8 @@ pub struct Gate {
     pub used_tokens: Option<Arc<UsedTokens>>,
     /// Proxy mode: forwards ALLOWed calls after their decision record is written.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// Who is calling; [`Authenticator::none`] (everyone `anonymous`) until `serve` loads keys.
+    pub auth: Authenticator,
 }
 
 impl Gate {
@@ -40,7 +44,7 @@ impl Gate {
         Gate {
             profiles,
             audit,
-            context: Context::new(config.approvals.clone()),
+            context: Context::new(config.approvals.clone()).with_bindings(config.bindings.clone()),
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             include_request: config.audit.include_request,
@@ -51,6 +55,7 @@ impl Gate {
             log_args: config.log.include_args,
             used_tokens: None,
             proxy: None,
+            auth: Authenticator::none(),
         }
     }
 }

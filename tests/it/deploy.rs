@@ -293,6 +293,7 @@ fn the_demo_profile_and_requests_decide_as_documented() {
                 profile: &profile,
             },
             &context,
+            &ecl_gate::caller::Caller::anonymous(),
             std::time::SystemTime::now(),
         );
         assert_eq!(

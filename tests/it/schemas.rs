@@ -899,7 +899,12 @@ fn the_request_schema_is_the_decoders_schema() {
 // ---------------------------------------------------------------------------------------------
 // Served bodies
 
-fn panicking_decide(_: Attempt<'_>, _: &Context, _: SystemTime) -> Decision {
+fn panicking_decide(
+    _: Attempt<'_>,
+    _: &Context,
+    _: &ecl_gate::caller::Caller,
+    _: SystemTime,
+) -> Decision {
     panic!("injected fault: decide panicked (tests/it/schemas.rs)")
 }
 
