@@ -25,9 +25,13 @@ use super::AuthFailure;
 /// The claims a caller's token must carry beyond what `Validation` checks.
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
-    iss: String,
-    exp: u64,
+    // Options, so a missing claim is reported by the validation by name, not as bad JSON.
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
     #[serde(default)]
     iat: Option<u64>,
 }
@@ -234,15 +238,21 @@ impl JwtVerifier {
                 "token issued in the future (`iat`)",
             ));
         }
-        if claims.sub.is_empty() {
+        // INVARIANT: the validation required `sub`, `iss` and `exp`; checked again, not assumed.
+        let (Some(sub), Some(iss), Some(exp)) = (claims.sub, claims.iss, claims.exp) else {
+            return Err(AuthFailure::invalid_token(
+                "token lacks `sub`, `iss` or `exp`",
+            ));
+        };
+        if sub.is_empty() {
             return Err(AuthFailure::invalid_token("token has an empty `sub`"));
         }
         let caller = Caller {
             method: CallerMethod::Jwt,
-            id: Arc::from(claims.sub),
-            issuer: Some(Arc::from(claims.iss)),
+            id: Arc::from(sub),
+            issuer: Some(Arc::from(iss)),
         };
-        Ok((caller, claims.exp))
+        Ok((caller, exp))
     }
 
     fn explain(&self, kind: &ErrorKind) -> AuthFailure {

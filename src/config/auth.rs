@@ -150,9 +150,11 @@ impl RawAuth {
     pub fn validate(self) -> Result<AuthConfig, ConfigError> {
         let methods: Vec<&str> = self.methods.iter().map(String::as_str).collect();
         match methods.as_slice() {
-            ["none"] => Ok(AuthConfig { jwt: None }),
+            // Unused `[auth.jwt]` settings are still checked: a typo should not wait for the day
+            // `jwt` is switched on.
+            ["none"] => self.jwt.validate(false).map(|_| AuthConfig { jwt: None }),
             ["jwt"] => Ok(AuthConfig {
-                jwt: Some(self.jwt.validate()?),
+                jwt: Some(self.jwt.validate(true)?),
             }),
             [] => Err(invalid(
                 "auth.methods",
@@ -178,14 +180,15 @@ impl RawAuth {
 }
 
 impl RawJwt {
-    fn validate(self) -> Result<JwtConfig, ConfigError> {
-        if self.issuer.trim().is_empty() {
+    /// `in_use`: `auth.methods` has `jwt`, so issuer, audience and keys are required.
+    fn validate(self, in_use: bool) -> Result<JwtConfig, ConfigError> {
+        if in_use && self.issuer.trim().is_empty() {
             return Err(invalid(
                 "auth.jwt.issuer",
                 "must name the issuer tokens must carry in `iss`",
             ));
         }
-        if self.audience.trim().is_empty() {
+        if in_use && self.audience.trim().is_empty() {
             return Err(invalid(
                 "auth.jwt.audience",
                 "must name the audience tokens must carry in `aud`",
@@ -210,7 +213,7 @@ impl RawJwt {
                 file: key.file,
             });
         }
-        if jwks_file.is_none() && pem_keys.is_empty() {
+        if in_use && jwks_file.is_none() && pem_keys.is_empty() {
             return Err(invalid(
                 "auth.jwt.jwks_file",
                 "no keys: set `auth.jwt.jwks_file` or `[auth.jwt.keys.\"kid\"]`",

@@ -6,6 +6,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod audit_cli;
+mod callers;
 mod checkpoints;
 mod cli;
 mod common;

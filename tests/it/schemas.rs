@@ -602,7 +602,7 @@ fn every_openapi_example_validates_against_its_schema() {
     println!("openapi examples valid: {checked}");
     // 5 requests, 5 decisions (200), 1 decision (503), 3 admin JSON bodies, 1 metrics text,
     // 3 component examples.
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 19);
 }
 
 /// The example answers are what the gate really answers to the example requests (all but the
@@ -911,6 +911,7 @@ fn panicking_decide(
 /// Checks one served decision: status and reason as expected, body valid for that status.
 struct Served {
     ok: Validator,
+    unauthenticated: Validator,
     failed: Validator,
     reasons: Vec<String>,
 }
@@ -925,6 +926,7 @@ impl Served {
         );
         let validator = match status {
             200 => &self.ok,
+            401 => &self.unauthenticated,
             503 => &self.failed,
             other => panic!("status {other}: {body:#}"),
         };
@@ -944,6 +946,7 @@ async fn every_reason_the_gate_serves_matches_the_response_schemas() {
     let doc = openapi();
     let mut served = Served {
         ok: execute_response(&doc, 200),
+        unauthenticated: execute_response(&doc, 401),
         failed: execute_response(&doc, 503),
         reasons: Vec::new(),
     };
@@ -1081,6 +1084,44 @@ async fn every_reason_the_gate_serves_matches_the_response_schemas() {
     drop(slow);
     checked += 3;
 
+    // Callers: a sidecar pinned to one profile, and a gate that wants bearer tokens.
+    let pinned = TestGate::start_with(Options {
+        bindings: Some(ecl_gate::caller::Bindings {
+            bindings: vec![ecl_gate::caller::Binding {
+                caller: ecl_gate::caller::Pattern::new("anonymous"),
+                profiles: vec![ecl_gate::caller::ProfilePattern::parse("example@1.0.0").unwrap()],
+                principals: vec![ecl_gate::caller::PrincipalPattern::parse("agent:*")],
+            }],
+        }),
+        ..Options::default()
+    })
+    .await;
+    let (status, answer) = pinned.execute(bytes_of(&cases[9].0)).await;
+    served.check(status, &answer, "DENY", "CALLER_NOT_PERMITTED");
+    let authenticated = TestGate::start_with(Options {
+        auth: ecl_gate::config::auth::AuthConfig {
+            jwt: Some(ecl_gate::config::auth::JwtConfig {
+                issuer: "https://issuer.test".into(),
+                audience: "ecl-gate".into(),
+                jwks_file: None,
+                pem_keys: vec![ecl_gate::config::auth::PemKey {
+                    kid: "ed-1".into(),
+                    alg: ecl_gate::config::auth::JwtAlgorithm::EdDsa,
+                    file: repo("tests/fixtures/callers/ed.pub.pem"),
+                }],
+                clock_skew: std::time::Duration::from_secs(30),
+                cache_entries: 10,
+                max_token_bytes: 8192,
+                reload_interval: std::time::Duration::from_secs(1),
+            }),
+        },
+        ..Options::default()
+    })
+    .await;
+    let (status, answer) = authenticated.execute(bytes_of(&allow)).await;
+    served.check(status, &answer, "DENY", "CALLER_UNAUTHENTICATED");
+    checked += 2;
+
     let panicking = TestGate::start_with(Options {
         decide: Some(panicking_decide),
         ..Options::default()
@@ -1113,7 +1154,7 @@ async fn every_reason_the_gate_serves_matches_the_response_schemas() {
         "served bodies valid: {checked} ({} reason codes)",
         served.reasons.len()
     );
-    assert_eq!(checked, 22);
+    assert_eq!(checked, 24);
 }
 
 #[test]
@@ -1226,7 +1267,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 36);
+    assert_eq!(keys, 46);
 }
 
 #[test]
@@ -1240,6 +1281,9 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[approvals]\nmax_ttl = \"1h 30m\"\nclock_skew = \"1.5s\"\nsingle_use = true",
         "[log]\nformat = \"json\"\nlevel = \"ecl_gate=debug\"",
         "shutdown_grace_ms = 0",
+        "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"https://kubernetes.default.svc\"\naudience = \"ecl-gate\"\njwks_file = \"/etc/ecl-gate/jwks.json\"",
+        "[auth.jwt.keys.k1]\nfile = \"k1.pem\"\nalg = \"ES256\"",
+        "[[bindings]]\ncaller = \"anonymous\"\nprofiles = [\"example@1.*\"]\nprincipals = [\"agent:*\", \"{caller}\"]",
     ];
     for text in good {
         config_loads(text).unwrap_or_else(|err| panic!("gate refuses `{text}`: {err}"));
@@ -1274,6 +1318,19 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[log]\nformat = \"xml\"",
         "[log]\ninclude_args = \"yes\"",
         "[metrics]\nenabled = true",
+        "[auth]\nmethods = [\"mtls\"]",
+        "[auth]\nmethods = []",
+        "[auth]\nmethods = [\"none\", \"jwt\"]",
+        "[auth]\nmethods = [\"jwt\"]",
+        "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"i\"\naudience = \"\"\njwks_file = \"j.json\"",
+        "[auth.jwt]\nclock_skew = \"soon\"",
+        "[auth.jwt]\nmax_token_bytes = 100",
+        "[auth.jwt.keys.k1]\nfile = \"k1.pem\"\nalg = \"HS256\"",
+        "[[bindings]]\ncaller = \"x\"\nprofiles = []",
+        "[[bindings]]\ncaller = \"x\"\nprofiles = [\"noversion\"]",
+        "[[bindings]]\ncaller = \"\"\nprofiles = [\"a@1\"]",
+        "[[bindings]]\ncaller = \"x\"\nprofiles = [\"a@1\"]\nprincipals = []",
+        "[[bindings]]\ncaller = \"x\"\nprofile = [\"a@1\"]",
     ];
     for text in bad {
         assert!(config_loads(text).is_err(), "the gate accepts `{text}`");
@@ -1287,5 +1344,5 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         good.len(),
         bad.len()
     );
-    assert_eq!((good.len(), bad.len()), (7, 28));
+    assert_eq!((good.len(), bad.len()), (10, 41));
 }
