@@ -693,3 +693,200 @@ async fn jwks_reloads_on_change_and_keeps_old_keys_on_a_broken_file() {
     let rotated = format!("Bearer {}", rs256("rsa-b", &claims(FINANCE)));
     assert_eq!(send(rotated).await, "OK");
 }
+
+/// A real `ecl-gate serve` with `config`; returns the child, its base URL and its log lines.
+fn serve(
+    config: &Path,
+) -> (
+    std::process::Child,
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::BufRead;
+    let mut child = crate::common::gate_command()
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (pipe, lines) = (child.stderr.take().unwrap(), std::sync::Arc::clone(&log));
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("serving POST ").nth(1) {
+                let _ = tx.send(rest[..rest.find("/v1/execute").unwrap()].to_owned());
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("the gate did not start: {:#?}", log.lock().unwrap()));
+    (child, url, log)
+}
+
+async fn post(
+    url: &str,
+    authorization: Option<&str>,
+    body: bytes::Bytes,
+) -> (u16, Option<String>, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("{url}/v1/execute"));
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = client
+        .request(request.body(http_body_util::Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, challenge, canonical::parse(&bytes).unwrap())
+}
+
+#[tokio::test]
+// The whole path through the real binary: TOML `[auth]` and `[[bindings]]`, a refused caller
+// without a token (401) and one asking for another agent's profile, each audited; then
+// `replay` and `decide --caller` over what was recorded.
+async fn the_binary_authenticates_binds_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let config = dir.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+profiles_root = "{profiles}"
+[audit]
+path = "{audit}"
+sync = "never"
+include_request = true
+[auth]
+methods = ["jwt"]
+[auth.jwt]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+[auth.jwt.keys."ed-1"]
+file = "{key}"
+alg = "EdDSA"
+[[bindings]]
+caller = "system:serviceaccount:agents:*"
+profiles = ["example@1.*"]
+"#,
+            profiles = crate::common::shipped_profiles().display(),
+            audit = audit.display(),
+            key = fixture("ed.pub.pem").display(),
+        ),
+    )
+    .unwrap();
+    let (mut child, url, log) = serve(&config);
+    let ed = EncodingKey::from_ed_pem(&read("ed.key.pem")).unwrap();
+    let token = |sub: &str| {
+        format!(
+            "Bearer {}",
+            sign(Algorithm::EdDSA, "ed-1", &ed, &claims(sub))
+        )
+    };
+
+    let (status, challenge, answer) = post(&url, None, finance_request()).await;
+    assert_eq!(
+        (status, answer["reason_code"].str()),
+        (401, "CALLER_UNAUTHENTICATED")
+    );
+    assert_eq!(challenge.as_deref(), Some("Bearer realm=\"ecl-gate\""));
+    let (status, _, answer) = post(&url, Some(&token(FINANCE)), finance_request()).await;
+    assert_eq!((status, answer["reason_code"].str()), (200, "OK"));
+    let (status, _, answer) =
+        post(&url, Some(&token(FINANCE)), asking("ops", "1.0.0", FINANCE)).await;
+    assert_eq!(
+        (status, answer["reason_code"].str()),
+        (200, "CALLER_NOT_PERMITTED")
+    );
+    let hr = "system:serviceaccount:agents:hr";
+    let (_, _, answer) = post(&url, Some(&token(hr)), finance_request()).await;
+    assert_eq!(answer["reason_code"].str(), "CALLER_NOT_PERMITTED");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let joined = log.lock().unwrap().join("\n");
+    assert!(
+        !joined.contains(&token(FINANCE)[7..]),
+        "a token reached the log"
+    );
+
+    let records = crate::common::read_records(&audit);
+    let callers: Vec<&str> = records.iter().map(|r| r["caller"]["id"].str()).collect();
+    assert_eq!(callers, ["anonymous", FINANCE, FINANCE, hr]);
+
+    let replay = crate::common::gate_command()
+        .arg("--config")
+        .arg(&config)
+        .arg("replay")
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(
+        stdout.contains("replayed 3, identical 3, differing 0 (skipped 1"),
+        "{stdout}"
+    );
+
+    let request_file = dir.path().join("request.json");
+    std::fs::write(&request_file, finance_request()).unwrap();
+    for (caller, expect, reason) in [
+        (FINANCE, "ALLOW", "OK"),
+        (hr, "DENY", "CALLER_NOT_PERMITTED"),
+    ] {
+        let decided = crate::common::gate_command()
+            .arg("--config")
+            .arg(&config)
+            .args(["decide", "--request"])
+            .arg(&request_file)
+            .args(["--caller", caller, "--expect", expect])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&decided.stdout);
+        assert!(decided.status.success(), "{caller}: {stdout}");
+        assert!(stdout.contains(reason), "{stdout}");
+    }
+}
+
+#[test]
+// A gate reachable beyond loopback that authenticates nobody says so at start.
+fn serving_beyond_loopback_without_auth_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"0.0.0.0:0\"\nadmin_listen = \"127.0.0.1:0\"\nprofiles_root = \"{}\"\n[audit]\npath = \"{}\"\nsync = \"never\"\n",
+            crate::common::shipped_profiles().display(),
+            dir.path().join("audit.log").display()
+        ),
+    )
+    .unwrap();
+    let (mut child, _, log) = serve(&config);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let joined = log.lock().unwrap().join("\n");
+    assert!(joined.contains("callers are not authenticated"), "{joined}");
+}
