@@ -44,6 +44,10 @@ pub struct Metrics {
     pub auth_key_reload_failures: Counter,
     /// Bearer tokens accepted from the verified-token cache, without a signature check.
     pub auth_token_cache_hits: Counter,
+    /// Changed listener certificate, key or client CA files that could not be loaded.
+    pub tls_reload_failures: Counter,
+    /// TLS handshakes on the execution listener that failed (bad client certificate, timeout).
+    pub tls_handshake_failures: Counter,
 }
 
 /// Latency buckets from 25 µs to about 0.8 s.
@@ -126,6 +130,18 @@ impl Metrics {
             "Bearer tokens accepted from the verified-token cache, without a signature check",
             auth_token_cache_hits.clone(),
         );
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "ecl_tls_reload_failures",
+            "Changed listener certificate, key or client CA files that could not be loaded; the previous ones stay in use",
+            tls_reload_failures.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "ecl_tls_handshake_failures",
+            "TLS handshakes on the execution listener that failed (client certificate refused, timeout, not TLS)",
+            tls_handshake_failures.clone(),
+        );
         registry.register(
             "ecl_build",
             "Version and build of this gate",
@@ -148,6 +164,8 @@ impl Metrics {
             profiles_loaded,
             auth_key_reload_failures,
             auth_token_cache_hits,
+            tls_reload_failures,
+            tls_handshake_failures,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct AuthFailure {
     pub error: Option<&'static str>,
     /// For the caller and the audit record; never contains the token.
     pub description: String,
+    /// A bearer token was expected, so the answer carries a `Bearer` challenge; `false` for
+    /// mTLS, which has no HTTP authentication scheme to name.
+    pub bearer: bool,
 }
 
 impl AuthFailure {
@@ -34,6 +37,7 @@ impl AuthFailure {
         AuthFailure {
             error: Some("invalid_request"),
             description: description.into(),
+            bearer: true,
         }
     }
 
@@ -41,18 +45,22 @@ impl AuthFailure {
         AuthFailure {
             error: Some("invalid_token"),
             description: description.into(),
+            bearer: true,
         }
     }
 
-    /// The `WWW-Authenticate` challenge for this failure.
-    pub fn challenge(&self) -> String {
-        match self.error {
+    /// The `WWW-Authenticate` challenge for this failure, for bearer tokens.
+    pub fn challenge(&self) -> Option<String> {
+        if !self.bearer {
+            return None;
+        }
+        Some(match self.error {
             None => format!("Bearer realm=\"{REALM}\""),
             Some(error) => format!(
                 "Bearer realm=\"{REALM}\", error=\"{error}\", error_description=\"{}\"",
                 challenge_text(&self.description)
             ),
-        }
+        })
     }
 }
 
@@ -72,6 +80,8 @@ fn challenge_text(text: &str) -> String {
 /// The configured ways a caller may authenticate.
 pub struct Authenticator {
     jwt: Option<Arc<JwtVerifier>>,
+    /// The caller is the verified client certificate the listener hands over.
+    mtls: bool,
 }
 
 impl Authenticator {
@@ -81,17 +91,23 @@ impl Authenticator {
             Some(jwt) => Some(Arc::new(JwtVerifier::load(jwt.clone(), metrics)?)),
             None => None,
         };
-        Ok(Authenticator { jwt })
+        Ok(Authenticator {
+            jwt,
+            mtls: config.mtls,
+        })
     }
 
     /// Every caller is `anonymous`.
     pub fn none() -> Authenticator {
-        Authenticator { jwt: None }
+        Authenticator {
+            jwt: None,
+            mtls: false,
+        }
     }
 
     /// Whether callers must prove who they are.
     pub fn is_required(&self) -> bool {
-        self.jwt.is_some()
+        self.jwt.is_some() || self.mtls
     }
 
     /// Watches key files for changes; call once, inside the runtime.
@@ -101,8 +117,22 @@ impl Authenticator {
         }
     }
 
-    /// Who sent a request with this head.
-    pub fn authenticate(&self, uri: &Uri, headers: &HeaderMap) -> Result<Caller, AuthFailure> {
+    /// Who sent a request with this head, over a connection whose verified client
+    /// certificate named `peer`.
+    pub fn authenticate(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: Option<&Caller>,
+    ) -> Result<Caller, AuthFailure> {
+        if self.mtls {
+            return peer.cloned().ok_or_else(|| AuthFailure {
+                error: None,
+                description: "no client certificate: this listener authenticates callers by mTLS"
+                    .into(),
+                bearer: false,
+            });
+        }
         let Some(jwt) = &self.jwt else {
             return Ok(Caller::anonymous());
         };
@@ -123,6 +153,7 @@ impl Authenticator {
             return Err(AuthFailure {
                 error: None,
                 description: "no bearer token: send `Authorization: Bearer <token>`".into(),
+                bearer: true,
             });
         };
         let token = bearer_token(value.as_bytes())?;
@@ -162,11 +193,12 @@ mod tests {
         let missing = AuthFailure {
             error: None,
             description: "x".into(),
+            bearer: true,
         };
-        assert_eq!(missing.challenge(), "Bearer realm=\"ecl-gate\"");
+        assert_eq!(missing.challenge().unwrap(), "Bearer realm=\"ecl-gate\"");
         let bad = AuthFailure::invalid_token("issuer is not `a\"b` é");
         assert_eq!(
-            bad.challenge(),
+            bad.challenge().unwrap(),
             "Bearer realm=\"ecl-gate\", error=\"invalid_token\", error_description=\"issuer is not `a'b` ?\""
         );
     }

@@ -17,7 +17,7 @@ use crate::decision::Runtime;
 use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
 use crate::proxy::{missing_upstream, Proxy};
-use crate::server::{Gate, Server};
+use crate::server::{Gate, Server, TlsListener};
 
 use super::EXIT_CONFIG;
 
@@ -61,6 +61,23 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let tls = match &config.listen_tls {
+        None => None,
+        Some(tls_config) => match TlsListener::load(tls_config.clone(), Arc::clone(&metrics)) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(err) => {
+                eprintln!("error: invalid configuration: listen_tls: {err}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+    };
+    if !config.listen.ip().is_loopback() && tls.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the execution listener is reachable beyond this host over plain HTTP: tool \
+             arguments cross the network in clear text (set `listen_tls`)"
+        );
+    }
     if !config.listen.ip().is_loopback() && !auth.is_required() {
         tracing::warn!(
             listen = %config.listen,
@@ -108,6 +125,10 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         gate.proxy = proxy;
         auth.spawn_reloader();
         gate.auth = auth;
+        if let Some(tls) = &tls {
+            Arc::clone(tls).spawn_reloader();
+        }
+        gate.tls = tls;
         let gate = Arc::new(gate);
         let server = Server::bind(config.listen, Arc::clone(&gate))
             .await
@@ -131,8 +152,9 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             rotate_bytes = config.audit.rotate_bytes,
             rotate_interval = ?config.audit.rotate_interval,
             profiles_root = %config.profiles_root.display(),
-            "ecl-gate {} serving POST http://{addr}/v1/execute (admin on http://{admin_addr})",
+            "ecl-gate {} serving POST {scheme}://{addr}/v1/execute (admin on http://{admin_addr})",
             env!("GATE_VERSION_LINE"),
+            scheme = if config.listen_tls.is_some() { "https" } else { "http" },
         );
 
         // First signal: stop accepting, let in-flight requests finish within the grace period.

@@ -54,6 +54,41 @@ pub struct RawJwtKey {
     pub alg: String,
 }
 
+/// `[listen_tls]` as written: TLS on the execution listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenTls {
+    /// PEM certificate chain, leaf first; empty: plain HTTP.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle client certificates must chain to; needed by `auth.methods = ["mtls"]`.
+    pub client_ca_file: PathBuf,
+    /// How often the files are checked for changes.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for RawListenTls {
+    fn default() -> Self {
+        RawListenTls {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            reload_interval_ms: 1000,
+        }
+    }
+}
+
+/// TLS on the execution listener, validated (files are read by the listener at start).
+#[derive(Debug, Clone)]
+pub struct ListenTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Set exactly when callers authenticate by client certificate.
+    pub client_ca_file: Option<PathBuf>,
+    pub reload_interval: Duration,
+}
+
 /// `[[bindings]]` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,8 +151,10 @@ impl JwtAlgorithm {
 /// How callers authenticate on the execution listener.
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
-    /// `Some` when `auth.methods` has `jwt`; `None`: every caller is `anonymous`.
+    /// `Some` when `auth.methods` has `jwt`.
     pub jwt: Option<JwtConfig>,
+    /// `auth.methods = ["mtls"]`: the caller is the verified client certificate.
+    pub mtls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -147,22 +184,42 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl RawAuth {
-    pub fn validate(self) -> Result<AuthConfig, ConfigError> {
+    /// `listen_tls` is already validated: mTLS needs its client CA and the other way round.
+    pub fn validate(self, listen_tls: Option<&ListenTlsConfig>) -> Result<AuthConfig, ConfigError> {
+        let auth = self.validate_methods()?;
+        let client_ca = listen_tls.is_some_and(|tls| tls.client_ca_file.is_some());
+        if auth.mtls && !client_ca {
+            return Err(invalid(
+                "auth.methods",
+                "`mtls` needs `listen_tls.cert_file`, `listen_tls.key_file` and `listen_tls.client_ca_file`",
+            ));
+        }
+        if client_ca && !auth.mtls {
+            return Err(invalid(
+                "listen_tls.client_ca_file",
+                "is used only with `auth.methods = [\"mtls\"]`",
+            ));
+        }
+        Ok(auth)
+    }
+
+    fn validate_methods(self) -> Result<AuthConfig, ConfigError> {
         let methods: Vec<&str> = self.methods.iter().map(String::as_str).collect();
         match methods.as_slice() {
             // Unused `[auth.jwt]` settings are still checked: a typo should not wait for the day
             // `jwt` is switched on.
-            ["none"] => self.jwt.validate(false).map(|_| AuthConfig { jwt: None }),
+            ["none"] => self.jwt.validate(false).map(|_| AuthConfig::default()),
             ["jwt"] => Ok(AuthConfig {
                 jwt: Some(self.jwt.validate(true)?),
+                mtls: false,
+            }),
+            ["mtls"] => self.jwt.validate(false).map(|_| AuthConfig {
+                jwt: None,
+                mtls: true,
             }),
             [] => Err(invalid(
                 "auth.methods",
                 "must not be empty; `[\"none\"]` lets every caller in as `anonymous`",
-            )),
-            _ if methods.contains(&"mtls") => Err(invalid(
-                "auth.methods",
-                "`mtls` is not supported yet; use `[\"jwt\"]` or `[\"none\"]`",
             )),
             _ if methods.contains(&"none") => Err(invalid(
                 "auth.methods",
@@ -171,7 +228,7 @@ impl RawAuth {
             _ => Err(invalid(
                 "auth.methods",
                 format!(
-                    "`{}`: expected `[\"none\"]` or `[\"jwt\"]`",
+                    "`{}`: expected one of `[\"none\"]`, `[\"jwt\"]` or `[\"mtls\"]` (methods cannot be combined yet)",
                     self.methods.join(", ")
                 ),
             )),
@@ -259,6 +316,39 @@ impl RawJwt {
             max_token_bytes: usize::try_from(self.max_token_bytes).unwrap_or(usize::MAX),
             reload_interval: Duration::from_millis(self.reload_interval_ms),
         })
+    }
+}
+
+impl RawListenTls {
+    pub fn validate(self) -> Result<Option<ListenTlsConfig>, ConfigError> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if !set(&self.cert_file) {
+            if set(&self.key_file) || set(&self.client_ca_file) {
+                return Err(invalid(
+                    "listen_tls.cert_file",
+                    "must be set when `listen_tls.key_file` or `listen_tls.client_ca_file` is",
+                ));
+            }
+            return Ok(None);
+        }
+        if !set(&self.key_file) {
+            return Err(invalid(
+                "listen_tls.key_file",
+                "must name the private key of `listen_tls.cert_file`",
+            ));
+        }
+        if !(100..=600_000).contains(&self.reload_interval_ms) {
+            return Err(invalid(
+                "listen_tls.reload_interval_ms",
+                format!("{} is outside 100..=600000", self.reload_interval_ms),
+            ));
+        }
+        Ok(Some(ListenTlsConfig {
+            client_ca_file: set(&self.client_ca_file).then_some(self.client_ca_file),
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            reload_interval: Duration::from_millis(self.reload_interval_ms),
+        }))
     }
 }
 

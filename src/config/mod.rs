@@ -75,6 +75,7 @@ pub struct RawConfig {
     pub grants: proxy::RawGrants,
     pub tls: proxy::RawTls,
     pub auth: auth::RawAuth,
+    pub listen_tls: auth::RawListenTls,
     pub bindings: Vec<auth::RawBinding>,
 }
 
@@ -164,6 +165,7 @@ impl Default for RawConfig {
             grants: Default::default(),
             tls: Default::default(),
             auth: Default::default(),
+            listen_tls: Default::default(),
             bindings: Vec::new(),
         }
     }
@@ -206,6 +208,8 @@ pub struct Config {
     pub proxy: Option<proxy::ProxyConfig>,
     /// How callers authenticate on the execution listener.
     pub auth: auth::AuthConfig,
+    /// TLS on the execution listener; `None`: plain HTTP.
+    pub listen_tls: Option<auth::ListenTlsConfig>,
     /// Who may use which profiles and principals; `None`: anyone may use any.
     pub bindings: Option<crate::caller::Bindings>,
 }
@@ -430,10 +434,12 @@ impl RawConfig {
             )?),
             Mode::Decide => None,
         };
-        let auth = self.auth.validate()?;
+        let listen_tls = self.listen_tls.validate()?;
+        let auth = self.auth.validate(listen_tls.as_ref())?;
         let bindings = auth::validate_bindings(self.bindings)?;
         Ok(Config {
             auth,
+            listen_tls,
             bindings,
             proxy,
             approvals,

@@ -109,7 +109,14 @@ where
         return record_and_respond(&gate, decision, arrival, arrival.wall).await;
     };
     // Who is calling, from the head alone: a caller that cannot prove it costs no body read.
-    let caller = match gate.auth.authenticate(request.uri(), request.headers()) {
+    let peer = request
+        .extensions()
+        .get::<super::PeerCaller>()
+        .and_then(|p| p.0.as_ref());
+    let caller = match gate
+        .auth
+        .authenticate(request.uri(), request.headers(), peer)
+    {
         Ok(caller) => caller,
         Err(failure) => {
             let rejection = Rejection {
@@ -130,7 +137,8 @@ where
             // RFC 6750 §3: 401 with a challenge. A 503 (the record failed) stays a 503.
             if response.status() == StatusCode::OK {
                 *response.status_mut() = StatusCode::UNAUTHORIZED;
-                if let Ok(challenge) = HeaderValue::from_str(&failure.challenge()) {
+                if let Some(Ok(challenge)) = failure.challenge().map(|c| HeaderValue::from_str(&c))
+                {
                     response
                         .headers_mut()
                         .insert(header::WWW_AUTHENTICATE, challenge);

@@ -37,6 +37,8 @@ pub struct Gate {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Who is calling; [`Authenticator::none`] (everyone `anonymous`) until `serve` loads keys.
     pub auth: Authenticator,
+    /// TLS on the execution listener; `None`: plain HTTP.
+    pub tls: Option<Arc<super::tls::TlsListener>>,
 }
 
 impl Gate {
@@ -56,6 +58,7 @@ impl Gate {
             used_tokens: None,
             proxy: None,
             auth: Authenticator::none(),
+            tls: None,
         }
     }
 }

@@ -88,6 +88,7 @@ fn auth(keys: &Keys) -> AuthConfig {
             max_token_bytes: 8192,
             reload_interval: Duration::from_millis(100),
         }),
+        mtls: false,
     }
 }
 
@@ -695,7 +696,7 @@ async fn jwks_reloads_on_change_and_keeps_old_keys_on_a_broken_file() {
 }
 
 /// A real `ecl-gate serve` with `config`; returns the child, its base URL and its log lines.
-fn serve(
+pub(crate) fn serve(
     config: &Path,
 ) -> (
     std::process::Child,

@@ -1114,6 +1114,7 @@ async fn every_reason_the_gate_serves_matches_the_response_schemas() {
                 max_token_bytes: 8192,
                 reload_interval: std::time::Duration::from_secs(1),
             }),
+            mtls: false,
         },
         ..Options::default()
     })
@@ -1267,7 +1268,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 46);
+    assert_eq!(keys, 50);
 }
 
 #[test]
@@ -1284,6 +1285,7 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"https://kubernetes.default.svc\"\naudience = \"ecl-gate\"\njwks_file = \"/etc/ecl-gate/jwks.json\"",
         "[auth.jwt.keys.k1]\nfile = \"k1.pem\"\nalg = \"ES256\"",
         "[[bindings]]\ncaller = \"anonymous\"\nprofiles = [\"example@1.*\"]\nprincipals = [\"agent:*\", \"{caller}\"]",
+        "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nclient_ca_file = \"agents-ca.pem\"\n[auth]\nmethods = [\"mtls\"]",
     ];
     for text in good {
         config_loads(text).unwrap_or_else(|err| panic!("gate refuses `{text}`: {err}"));
@@ -1318,7 +1320,9 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[log]\nformat = \"xml\"",
         "[log]\ninclude_args = \"yes\"",
         "[metrics]\nenabled = true",
-        "[auth]\nmethods = [\"mtls\"]",
+        "[listen_tls]\nkey_file = \"gate.key\"",
+        "[listen_tls]\ncert_file = \"gate.pem\"",
+        "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nreload_interval_ms = 10",
         "[auth]\nmethods = []",
         "[auth]\nmethods = [\"none\", \"jwt\"]",
         "[auth]\nmethods = [\"jwt\"]",
@@ -1344,5 +1348,5 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         good.len(),
         bad.len()
     );
-    assert_eq!((good.len(), bad.len()), (10, 41));
+    assert_eq!((good.len(), bad.len()), (11, 43));
 }
