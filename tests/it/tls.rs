@@ -440,3 +440,133 @@ async fn certificate_and_ca_files_replaced_while_connections_are_open() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+fn run_load(args: &[&str]) -> (bool, String) {
+    let output = crate::common::gate_command()
+        .arg("load")
+        .args(["--requests", "60", "--concurrency", "3", "--quiet"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+// `ecl-gate load` reaches an mTLS gate with a CA file and a client certificate, and a TLS gate
+// that wants bearer tokens with a token file; each run is all OK and every request audited
+// under its caller. Without credentials the same runs FAIL.
+fn load_speaks_tls_client_certificates_and_bearer_tokens() {
+    let server_ca = Ca::new("server CA");
+    let clients = Ca::new("client CA");
+    let setup = Setup::new(&server_ca.server(), Some(&clients));
+    let client = clients.leaf(spiffe_params());
+    std::fs::write(setup.path("ca.pem"), server_ca.pem()).unwrap();
+    std::fs::write(setup.path("client.pem"), &client.cert_pem).unwrap();
+    std::fs::write(setup.path("client.key"), &client.key_pem).unwrap();
+    let (mut child, url, _log) = serve(&setup.config);
+    let path = |name: &str| setup.path(name).display().to_string();
+    let (ok, text) = {
+        run_load(&[
+            "--url",
+            &url,
+            "--cacert",
+            &path("ca.pem"),
+            "--cert",
+            &path("client.pem"),
+            "--key",
+            &path("client.key"),
+        ])
+    };
+    assert!(ok, "{text}");
+    assert!(text.contains("60 OK, 0 FAIL"), "{text}");
+    let (ok, text) = {
+        run_load(&[
+            "--url",
+            &url,
+            "--cacert",
+            &path("ca.pem"),
+            "--new-connections",
+        ])
+    };
+    assert!(!ok, "no client certificate must fail: {text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let records = setup.records();
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["caller"]["id"].str() == SPIFFE)
+            .count()
+            >= 60
+    );
+
+    // TLS without client certificates, bearer tokens instead.
+    let jwt_setup = Setup::new(&server_ca.server(), None);
+    let mut config = std::fs::read_to_string(&jwt_setup.config).unwrap();
+    config.push_str(&format!(
+        "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"https://issuer.test\"\naudience = \"ecl-gate\"\n\
+         [auth.jwt.keys.\"ed-1\"]\nfile = \"{}\"\nalg = \"EdDSA\"\n",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/callers/ed.pub.pem")
+            .display()
+    ));
+    std::fs::write(&jwt_setup.config, config).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("ed-1".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"iss": "https://issuer.test", "aud": "ecl-gate", "sub": "agent:7", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_ed_pem(
+            &std::fs::read(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/callers/ed.key.pem"),
+            )
+            .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(jwt_setup.path("token"), format!("{token}\n")).unwrap();
+    std::fs::write(jwt_setup.path("ca.pem"), server_ca.pem()).unwrap();
+    let (mut child, url, _log) = serve(&jwt_setup.config);
+    let path = |name: &str| jwt_setup.path(name).display().to_string();
+    let (ok, text) = {
+        run_load(&[
+            "--url",
+            &url,
+            "--cacert",
+            &path("ca.pem"),
+            "--bearer-file",
+            &path("token"),
+        ])
+    };
+    assert!(ok && text.contains("60 OK, 0 FAIL"), "{text}");
+    let (ok, text) = run_load(&["--url", &url, "--cacert", &path("ca.pem")]);
+    assert!(
+        !ok && text.contains("status 4xx"),
+        "without a token: {text}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let records = jwt_setup.records();
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["caller"]["id"].str() == "agent:7")
+            .count()
+            >= 60
+    );
+    assert!(!std::fs::read_to_string(jwt_setup.path("audit.log"))
+        .unwrap()
+        .contains(&token));
+}
