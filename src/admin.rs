@@ -182,6 +182,11 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
             .unwrap_or_else(|| "writer stopped".to_owned());
         failing.push(Value::from(format!("audit log is failing: {why}")));
     }
+    if audit.checkpoints_stopped {
+        failing.push(Value::from(
+            "audit checkpoints stopped: the tree thread died; records are still written, restart the gate to sign checkpoints again",
+        ));
+    }
     if failing.is_empty() {
         json(StatusCode::OK, &Value::object([("status", "ready".into())]))
     } else {
