@@ -13,6 +13,7 @@ mod probe;
 mod profiles;
 mod replay;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,8 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         approver: Option<String>,
     },
+    /// Sign a caller JWT (EdDSA) for `auth.methods = ["jwt"]`: demos, tests, setups without an IdP
+    Token(token::TokenArgs),
     /// Audit log tools
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -168,6 +171,7 @@ pub fn run() -> ExitCode {
         Command::Profiles(command) => profiles::run(command, config),
         Command::Grant(command) => grant::run(command),
         Command::Load(args) => load::run(&args),
+        Command::Token(args) => token::run(&args),
         Command::Probe(args) => probe::run(&args),
     };
     match result {

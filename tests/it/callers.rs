@@ -891,3 +891,62 @@ fn serving_beyond_loopback_without_auth_warns() {
     let joined = log.lock().unwrap().join("\n");
     assert!(joined.contains("callers are not authenticated"), "{joined}");
 }
+
+#[tokio::test]
+// `keygen` + `token`, as the compose demo uses them, make a token the gate accepts.
+async fn keygen_and_token_make_a_caller_the_gate_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = crate::common::gate_command().args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let out = dir.path().display().to_string();
+    run(&["keygen", "--out", &out, "--kid", "agent"]);
+    let key = dir.path().join("agent.key").display().to_string();
+    let token = run(&[
+        "token",
+        "--key",
+        &key,
+        "--kid",
+        "agent",
+        "--issuer",
+        ISSUER,
+        "--audience",
+        AUDIENCE,
+        "--subject",
+        FINANCE,
+        "--ttl",
+        "10m",
+    ]);
+    let gate = TestGate::start_with(Options {
+        auth: AuthConfig {
+            jwt: Some(JwtConfig {
+                jwks_file: None,
+                pem_keys: vec![PemKey {
+                    kid: "agent".into(),
+                    alg: JwtAlgorithm::EdDsa,
+                    file: dir.path().join("agent.pub"),
+                }],
+                ..auth(&keys()).jwt.unwrap()
+            }),
+            mtls: false,
+        },
+        ..Options::default()
+    })
+    .await;
+    let authorization = format!("Bearer {}", token.trim_end());
+    let (status, _, answer) = gate
+        .send_with(
+            "/v1/execute",
+            &[("authorization", &authorization)],
+            finance_request(),
+        )
+        .await;
+    assert_eq!((status, answer["reason_code"].str()), (200, "OK"));
+    assert_eq!(gate.record_for(&answer)["caller"]["id"].str(), FINANCE);
+}
