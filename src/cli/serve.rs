@@ -287,6 +287,9 @@ fn log_effective_config(config: &Config) {
         single_use = config.single_use_ledger.is_some(),
         log_include_args = config.log.include_args,
         shutdown_grace = ?config.shutdown_grace,
+        auth = if config.auth.mtls { "mtls" } else if config.auth.jwt.is_some() { "jwt" } else { "none" },
+        listen_tls = config.listen_tls.is_some(),
+        bindings = config.bindings.as_ref().map_or(0, |b| b.bindings.len()),
         "effective configuration"
     );
 }

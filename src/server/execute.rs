@@ -367,6 +367,7 @@ fn log_decision(gate: &Gate, decision: &Decision, audit: Option<&AuditBlock>, el
         reason = decision.reason.as_str(),
         tool,
         profile = %profile,
+        caller = %decision.caller.id,
         seq = audit.map(|a| a.seq),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         args,

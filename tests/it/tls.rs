@@ -271,7 +271,8 @@ async fn mtls_callers_table() {
     let not_yet = clients.leaf(future_params);
 
     // (name, client certificate, Some((status, reason, caller id)) or None: handshake refused)
-    let cases: Vec<(&str, Option<&Leaf>, Option<(u16, &str, &str)>)> = vec![
+    type Expected<'a> = Option<(u16, &'a str, &'a str)>;
+    let cases: Vec<(&str, Option<&Leaf>, Expected<'_>)> = vec![
         ("SPIFFE URI SAN", Some(&spiffe), Some((200, "OK", SPIFFE))),
         (
             "only a DNS SAN",
