@@ -75,7 +75,7 @@ pub struct RawConfig {
     pub audit: RawAudit,
     pub approvals: RawApprovals,
     pub log: RawLog,
-    // Proxy mode (issue 4); validated in `crate::proxy::config`, used only with `mode = "proxy"`.
+    // Proxy mode; validated in `proxy` below, used only with `mode = "proxy"`.
     pub max_upstream_body_bytes: u64,
     pub upstreams: std::collections::BTreeMap<String, proxy::RawUpstream>,
     pub grants: proxy::RawGrants,

@@ -618,7 +618,7 @@ fn every_openapi_example_validates_against_its_schema() {
         }
     }
     println!("openapi examples valid: {checked}");
-    // 5 requests, 5 decisions (200), 1 decision (503), 3 admin JSON bodies, 1 metrics text,
+    // 5 requests, 6 decisions (200), 1 decision (503), 3 admin JSON bodies, 1 metrics text,
     // 3 component examples.
     assert_eq!(checked, 20);
 }
