@@ -7,7 +7,8 @@
 #   BENCH_DURATION=5s BENCH_ROUNDS=1 bench/callers.sh    a quick run
 #
 # Knobs: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_ROUNDS (3), BENCH_CONCURRENCY (64),
-# BENCH_HANDSHAKE_CONCURRENCY (8), BENCH_KEEP=1 keeps the work directory.
+# BENCH_HANDSHAKE_CONCURRENCY (8), BENCH_KEEP=1 keeps the work directory, BENCH_GATE_BIN (a
+# built ecl-gate to measure instead of building this tree's).
 # Everything listens on 127.0.0.1 and the load is bounded by the durations above.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +19,13 @@ rounds=${BENCH_ROUNDS:-3}
 concurrency=${BENCH_CONCURRENCY:-64}
 handshake_concurrency=${BENCH_HANDSHAKE_CONCURRENCY:-8}
 
-cargo build --quiet --release --bin ecl-gate
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bin=$target_dir/release/ecl-gate
+if [ -n "${BENCH_GATE_BIN:-}" ]; then
+  bin=$BENCH_GATE_BIN
+else
+  cargo build --quiet --release --bin ecl-gate
+  target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  bin=$target_dir/release/ecl-gate
+fi
 work=$(mktemp -d)
 if [ "${BENCH_KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; else echo "work directory: $work"; fi
 
@@ -28,20 +33,20 @@ if [ "${BENCH_KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; else echo "work
 # 127.0.0.1/localhost, and an agent certificate with a SPIFFE URI SAN.
 (
   cd "$work"
-  openssl req -quiet -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
     -subj "/CN=bench CA" -keyout ca.key -out ca.pem 2>/dev/null
-  openssl req -quiet -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
     -keyout gate.key -out gate.csr 2>/dev/null
   printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > gate.ext
   openssl x509 -req -in gate.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
     -extfile gate.ext -out gate.pem 2>/dev/null
-  openssl req -quiet -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=agent" \
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=agent" \
     -keyout agent.key -out agent.csr 2>/dev/null
   printf 'subjectAltName=URI:spiffe://bench.local/ns/agents/sa/agent\n' > agent.ext
   openssl x509 -req -in agent.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
     -extfile agent.ext -out agent.pem 2>/dev/null
 )
-"$bin" keygen --out "$work/jwt" --kid bench > /dev/null
+"$bin" keygen --out "$work/jwt" --kid bench > /dev/null 2>&1
 "$bin" token --key "$work/jwt/bench.key" --kid bench --issuer bench --audience ecl-gate \
   --subject system:serviceaccount:agents:agent --ttl 2h > "$work/token"
 

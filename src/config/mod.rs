@@ -82,6 +82,9 @@ pub struct RawConfig {
     pub tls: proxy::RawTls,
     pub auth: auth::RawAuth,
     pub listen_tls: auth::RawListenTls,
+    // `[[bindings]]` tables cannot follow the shipped file's other tables as `bindings = []`
+    // and still be uncommented into place, so the file leaves the key out.
+    #[serde(default)]
     pub bindings: Vec<auth::RawBinding>,
 }
 
