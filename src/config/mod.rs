@@ -86,6 +86,8 @@ pub struct RawConfig {
     // and still be uncommented into place, so the file leaves the key out.
     #[serde(default)]
     pub bindings: Vec<auth::RawBinding>,
+    /// Shadow evaluation (issue 17): `"id@version" = "candidate_version"`.
+    pub shadow: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +186,7 @@ impl Default for RawConfig {
             auth: Default::default(),
             listen_tls: Default::default(),
             bindings: Vec::new(),
+            shadow: Default::default(),
         }
     }
 }
@@ -229,6 +232,17 @@ pub struct Config {
     pub listen_tls: Option<auth::ListenTlsConfig>,
     /// Who may use which profiles and principals; `None`: anyone may use any.
     pub bindings: Option<crate::caller::Bindings>,
+    /// Candidate profile versions evaluated in shadow, sorted by enforced profile.
+    pub shadow: Vec<ShadowCandidate>,
+}
+
+/// `shadow."id@version" = "candidate"`: every request naming `id` at `version` is also decided
+/// under `id` at `candidate`, and only a disagreement is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowCandidate {
+    pub profile_id: String,
+    pub profile_version: String,
+    pub candidate_version: String,
 }
 
 /// Bounds on what clients can make the gate hold at once.
@@ -534,6 +548,7 @@ impl RawConfig {
         } else {
             None
         };
+        let shadow = shadow_candidates(&self.shadow)?;
         let approvals = self.approvals.validate()?;
         // Upstreams and grants are read (credentials, keys) only when they will be used.
         let proxy = match mode {
@@ -553,6 +568,7 @@ impl RawConfig {
             listen_tls,
             bindings,
             proxy,
+            shadow,
             approvals,
             single_use_ledger,
             listen,
@@ -669,6 +685,47 @@ impl RawApprovals {
             clock_skew,
         })
     }
+}
+
+fn shadow_candidates(
+    raw: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<ShadowCandidate>, ConfigError> {
+    use crate::profile::is_valid_ref;
+    raw.iter()
+        .map(|(enforced, candidate)| {
+            let key = || format!("shadow.\"{enforced}\"");
+            let (id, version) = enforced
+                .split_once('@')
+                .filter(|(id, version)| is_valid_ref(id) && is_valid_ref(version))
+                .ok_or_else(|| ConfigError::InvalidKey {
+                    key: key(),
+                    message: format!(
+                        "`{enforced}` is not a profile like `example@1.0.0` (id and version in [A-Za-z0-9._-])"
+                    ),
+                })?;
+            if !is_valid_ref(candidate) {
+                return Err(ConfigError::InvalidKey {
+                    key: key(),
+                    message: format!(
+                        "`{candidate}` is not a profile version (a name in [A-Za-z0-9._-], like `1.1.0`)"
+                    ),
+                });
+            }
+            if candidate == version {
+                return Err(ConfigError::InvalidKey {
+                    key: key(),
+                    message: format!(
+                        "the candidate `{candidate}` is the enforced version itself; name a new version"
+                    ),
+                });
+            }
+            Ok(ShadowCandidate {
+                profile_id: id.to_owned(),
+                profile_version: version.to_owned(),
+                candidate_version: candidate.clone(),
+            })
+        })
+        .collect()
 }
 
 fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {

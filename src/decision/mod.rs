@@ -100,6 +100,17 @@ pub struct Decision {
     pub approval: Option<Approval>,
     /// Who asked: an input of the decision, recorded so a replay can hand it back.
     pub caller: Caller,
+    /// What a shadow candidate profile decided, set only when it disagrees (issue 17).
+    pub shadow: Option<ShadowOutcome>,
+}
+
+/// A candidate profile version's decision on the same attempt, where it differs from the
+/// enforced one; recorded beside the enforced decision, never answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowOutcome {
+    pub profile_version: String,
+    pub decision_type: DecisionType,
+    pub reason: ReasonCode,
 }
 
 /// What an approver is asked to approve, and why (SPEC §5 `escalation`).
@@ -293,6 +304,7 @@ fn evaluate(
         normalized_request: Some(Arc::clone(&request.normalized)),
         approval,
         caller: caller.clone(),
+        shadow: None,
     }
 }
 
@@ -331,6 +343,7 @@ impl Decision {
             normalized_request: None,
             approval: None,
             caller: Caller::anonymous(),
+            shadow: None,
         }
     }
 
@@ -355,6 +368,22 @@ impl Decision {
             ReasonCode::ApprovalInvalid,
             &format!("approval token `{jti}` was already used"),
         )
+    }
+
+    /// `candidate` (the same attempt decided under `candidate_version`) where it disagrees with
+    /// this decision in type or reason; `None` when they agree.
+    pub fn shadow_of(
+        &self,
+        candidate: &Decision,
+        candidate_version: &str,
+    ) -> Option<ShadowOutcome> {
+        let agrees =
+            self.decision_type == candidate.decision_type && self.reason == candidate.reason;
+        (!agrees).then(|| ShadowOutcome {
+            profile_version: candidate_version.to_owned(),
+            decision_type: candidate.decision_type,
+            reason: candidate.reason,
+        })
     }
 
     /// Everything but the audit block: what must be equal for equal inputs.

@@ -4,6 +4,7 @@
 //! anything but exactly right is refused whole: an unknown field, a header that disagrees with
 //! the requested id/version, a default other than DENY, a bad regex. It never guesses.
 
+pub mod diff;
 mod parse;
 mod store;
 

@@ -236,7 +236,7 @@ fn decide_body(gate: &Gate, bytes: &[u8], caller: &Caller, now: SystemTime) -> D
             let profile = gate
                 .profiles
                 .get(&request.profile_id, &request.profile_version);
-            (gate.decide)(
+            let enforced = (gate.decide)(
                 Attempt::Request {
                     request: &request,
                     profile: &profile,
@@ -244,7 +244,12 @@ fn decide_body(gate: &Gate, bytes: &[u8], caller: &Caller, now: SystemTime) -> D
                 &gate.context,
                 caller,
                 now,
-            )
+            );
+            if gate.shadow.is_empty() {
+                enforced
+            } else {
+                gate.shadow.annotate(gate, enforced, &request, now)
+            }
         }
     }
 }

@@ -14,6 +14,8 @@ use crate::decision::{self, Attempt, Context, Decision, Runtime};
 use crate::metrics::Metrics;
 use crate::profile::ProfileStore;
 
+use super::shadow::Shadows;
+
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
 pub type DecideFn = fn(Attempt<'_>, &Context, &Caller, SystemTime) -> Decision;
 
@@ -39,6 +41,8 @@ pub struct Gate {
     pub auth: Authenticator,
     /// TLS on the execution listener; `None`: plain HTTP.
     pub tls: Option<Arc<super::tls::TlsListener>>,
+    /// Candidate profile versions decided in shadow (`shadow` in the config).
+    pub shadow: Shadows,
 }
 
 impl Gate {
@@ -59,6 +63,7 @@ impl Gate {
             proxy: None,
             auth: Authenticator::none(),
             tls: None,
+            shadow: Shadows::new(&config.shadow),
         }
     }
 }

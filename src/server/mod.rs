@@ -7,6 +7,7 @@ mod body;
 mod execute;
 mod gate;
 mod tls;
+mod shadow;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,6 +36,7 @@ pub use tls::{peer_caller, TlsListener};
 /// that connection (mTLS); absent on plain connections.
 #[derive(Debug, Clone)]
 pub struct PeerCaller(pub Option<crate::caller::Caller>);
+pub use shadow::{CandidateStatus, Shadows};
 
 /// The service stack, outermost first.
 pub fn execute_stack(

@@ -25,6 +25,7 @@ pub fn shipped_profiles() -> PathBuf {
 pub struct TestGate {
     pub addr: SocketAddr,
     pub audit_path: PathBuf,
+    pub metrics: Arc<ecl_gate::metrics::Metrics>,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -46,6 +47,8 @@ pub struct Options {
     /// Caller authentication (tests/it/callers.rs); default: everyone `anonymous`.
     pub auth: ecl_gate::config::auth::AuthConfig,
     pub bindings: Option<ecl_gate::caller::Bindings>,
+    /// `shadow` candidates, `"id@version" = "candidate"` (tests/it/shadow.rs).
+    pub shadow: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             proxy: None,
             auth: Default::default(),
             bindings: None,
+            shadow: Vec::new(),
         }
     }
 }
@@ -87,6 +91,11 @@ impl TestGate {
                 include_request: options.include_request,
                 ..RawConfig::default().audit
             },
+            shadow: options
+                .shadow
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             ..RawConfig::default()
         };
         let config: Config = raw.validate().unwrap();
@@ -115,6 +124,7 @@ impl TestGate {
         if let Some(proxy) = &options.proxy {
             gate.proxy = Some(Arc::new(ecl_gate::proxy::Proxy::new(proxy).unwrap()));
         }
+        let metrics = Arc::clone(&gate.metrics);
         let server = Server::bind(config.listen, Arc::new(gate)).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -125,6 +135,7 @@ impl TestGate {
         TestGate {
             addr,
             audit_path,
+            metrics,
             _dir: dir,
             stop: Some(stop),
             client,

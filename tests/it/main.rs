@@ -22,6 +22,7 @@ mod proxy;
 mod replay;
 mod schemas;
 mod tls;
+mod shadow;
 mod vectors;
 
 /// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the
