@@ -6,8 +6,8 @@
 mod body;
 mod execute;
 mod gate;
-mod tls;
 mod shadow;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -21,8 +21,8 @@ mod props;
 mod proxy;
 mod replay;
 mod schemas;
-mod tls;
 mod shadow;
+mod tls;
 mod vectors;
 
 /// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the
