@@ -590,6 +590,11 @@ async fn replay_is_identical_over_several_callers() {
     let callers: std::collections::BTreeSet<&str> =
         records.iter().map(|r| r["caller"]["id"].str()).collect();
     assert_eq!(callers.len(), 4);
+    // Every record, `caller` and the refusals included, is what the record schema describes.
+    let schema = crate::schemas::schema_file("schemas/audit-record.schema.json");
+    for record in &records {
+        crate::schemas::assert_valid(&schema, &crate::schemas::to_json(record), "record");
+    }
     let store = ecl_gate::profile::ProfileStore::new(crate::common::shipped_profiles());
     let context =
         ecl_gate::decision::Context::new(Default::default()).with_bindings(Some(bindings()));
