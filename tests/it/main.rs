@@ -19,6 +19,7 @@ mod internal;
 mod profiles;
 mod props;
 mod proxy;
+mod proxy_ops;
 mod replay;
 mod schemas;
 mod shadow;
