@@ -153,6 +153,7 @@ fn allowed(request: &ExecRequest, profile: &ProfileLookup) -> Decision {
     decide(
         Attempt::Request { request, profile },
         &Context::new(Approvals::default()),
+        &ecl_gate::caller::Caller::anonymous(),
         SystemTime::UNIX_EPOCH,
     )
 }

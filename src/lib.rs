@@ -8,6 +8,8 @@ pub mod admin;
 pub mod approval;
 pub mod approver;
 pub mod audit;
+pub mod auth;
+pub mod caller;
 pub mod canonical;
 pub mod checkpoint;
 pub mod cli;

@@ -74,6 +74,14 @@ pub struct Metrics {
     notifications: Family<OutcomeLabels, Counter>,
     /// ESCALATE record written → notification accepted by the receiver.
     pub notification_latency: Histogram,
+    /// Key files (JWKS, PEM) that changed but could not be loaded; the old keys stay in use.
+    pub auth_key_reload_failures: Counter,
+    /// Bearer tokens accepted from the verified-token cache, without a signature check.
+    pub auth_token_cache_hits: Counter,
+    /// Changed listener certificate, key or client CA files that could not be loaded.
+    pub tls_reload_failures: Counter,
+    /// TLS handshakes on the execution listener that failed (bad client certificate, timeout).
+    pub tls_handshake_failures: Counter,
     upstream_calls: Family<UpstreamCallLabels, Counter>,
     upstream_duration: HistogramFamily<ToolLabels>,
     upstream_in_flight: Family<ToolLabels, Gauge>,
@@ -169,6 +177,30 @@ impl Metrics {
             "Time from an ESCALATE's record written to its notification accepted, retries included",
             notification_latency.clone(),
         );
+        let auth_key_reload_failures = Counter::default();
+        registry.register(
+            "ecl_auth_key_reload_failures",
+            "Changed caller key files (JWKS, PEM) that could not be loaded; the previous keys stay in use",
+            auth_key_reload_failures.clone(),
+        );
+        let auth_token_cache_hits = Counter::default();
+        registry.register(
+            "ecl_auth_token_cache_hits",
+            "Bearer tokens accepted from the verified-token cache, without a signature check",
+            auth_token_cache_hits.clone(),
+        );
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "ecl_tls_reload_failures",
+            "Changed listener certificate, key or client CA files that could not be loaded; the previous ones stay in use",
+            tls_reload_failures.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "ecl_tls_handshake_failures",
+            "TLS handshakes on the execution listener that failed (client certificate refused, timeout, not TLS)",
+            tls_handshake_failures.clone(),
+        );
         let upstream_calls = Family::<UpstreamCallLabels, Counter>::default();
         registry.register(
             "ecl_upstream_calls",
@@ -234,6 +266,10 @@ impl Metrics {
             profiles_loaded,
             notifications,
             notification_latency,
+            auth_key_reload_failures,
+            auth_token_cache_hits,
+            tls_reload_failures,
+            tls_handshake_failures,
             upstream_calls,
             upstream_duration,
             upstream_in_flight,

@@ -46,10 +46,12 @@ pub enum ReasonCode {
     AuditWriteFailed,
     Overloaded,
     InternalError,
+    CallerUnauthenticated,
+    CallerNotPermitted,
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 16] = [
+    pub const ALL: [ReasonCode; 18] = [
         ReasonCode::Ok,
         ReasonCode::RequestParseError,
         ReasonCode::RequestSchemaInvalid,
@@ -66,6 +68,8 @@ impl ReasonCode {
         ReasonCode::AuditWriteFailed,
         ReasonCode::Overloaded,
         ReasonCode::InternalError,
+        ReasonCode::CallerUnauthenticated,
+        ReasonCode::CallerNotPermitted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -86,6 +90,8 @@ impl ReasonCode {
             ReasonCode::AuditWriteFailed => "AUDIT_WRITE_FAILED",
             ReasonCode::Overloaded => "OVERLOADED",
             ReasonCode::InternalError => "INTERNAL_ERROR",
+            ReasonCode::CallerUnauthenticated => "CALLER_UNAUTHENTICATED",
+            ReasonCode::CallerNotPermitted => "CALLER_NOT_PERMITTED",
         }
     }
 }

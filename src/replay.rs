@@ -9,6 +9,7 @@ mod candidate;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+use crate::caller::{Caller, CallerMethod};
 use crate::canonical::{self, Value};
 use crate::decision::{decide, provenance_id, Attempt, Context, DecisionType, Timestamps};
 use crate::profile::ProfileStore;
@@ -114,7 +115,8 @@ impl<'a> Replayer<'a> {
                 .unwrap_or_default()
                 .to_owned(),
         };
-        let mut replayed = self.decide_at(stored, decided_at);
+        let caller = recorded_caller(record)?;
+        let mut replayed = self.decide_at(stored, &caller, decided_at);
         if let (Some(spent), Some(approval)) = (&mut self.spent, &replayed.approval) {
             let fresh = spent.insert((approval.kid.clone(), approval.jti.clone()));
             if !fresh && replayed.decision_type == DecisionType::Allow {
@@ -169,7 +171,7 @@ impl<'a> Replayer<'a> {
             }
         }
         if let Some(shadow) = record.get("shadow") {
-            if let Some(mismatch) = self.check_shadow(stored, shadow, decided_at) {
+            if let Some(mismatch) = self.check_shadow(stored, shadow, &caller, decided_at) {
                 differences.push(mismatch);
             }
         }
@@ -182,7 +184,13 @@ impl<'a> Replayer<'a> {
 
     /// A recorded shadow disagreement is evidence like the decision: the candidate version it
     /// names must still decide exactly what it says.
-    fn check_shadow(&self, stored: &Value, shadow: &Value, now: SystemTime) -> Option<String> {
+    fn check_shadow(
+        &self,
+        stored: &Value,
+        shadow: &Value,
+        caller: &Caller,
+        now: SystemTime,
+    ) -> Option<String> {
         let version = shadow["profile_version"].as_str().unwrap_or_default();
         let bytes = canonical::to_canonical(stored);
         let replayed = match request::decode(&bytes) {
@@ -197,6 +205,7 @@ impl<'a> Replayer<'a> {
                         profile: &profile,
                     },
                     self.context,
+                    caller,
                     now,
                 )
             }
@@ -214,10 +223,15 @@ impl<'a> Replayer<'a> {
         })
     }
 
-    fn decide_at(&self, stored: &Value, now: SystemTime) -> crate::decision::Decision {
+    fn decide_at(
+        &self,
+        stored: &Value,
+        caller: &Caller,
+        now: SystemTime,
+    ) -> crate::decision::Decision {
         let bytes = canonical::to_canonical(stored);
         match request::decode(&bytes) {
-            Err(rejection) => decide(Attempt::Rejected(&rejection), self.context, now),
+            Err(rejection) => decide(Attempt::Rejected(&rejection), self.context, caller, now),
             Ok(request) => {
                 let profile = self
                     .profiles
@@ -228,11 +242,30 @@ impl<'a> Replayer<'a> {
                         profile: &profile,
                     },
                     self.context,
+                    caller,
                     now,
                 )
             }
         }
     }
+}
+
+/// The caller a record names; records written before callers were recorded were all
+/// `anonymous`.
+pub(crate) fn recorded_caller(record: &Value) -> Result<Caller, String> {
+    let Some(caller) = record.get("caller") else {
+        return Ok(Caller::anonymous());
+    };
+    let method = caller["method"]
+        .as_str()
+        .and_then(CallerMethod::parse)
+        .ok_or("no readable `caller.method`")?;
+    let id = caller["id"].as_str().ok_or("no readable `caller.id`")?;
+    Ok(Caller {
+        method,
+        id: id.into(),
+        issuer: caller["iss"].as_str().map(Into::into),
+    })
 }
 
 fn show(value: &Value) -> String {

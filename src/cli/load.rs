@@ -62,6 +62,21 @@ pub struct LoadArgs {
     /// Allow a target that is not a loopback address
     #[arg(long)]
     allow_remote: bool,
+    /// https:// targets: trust these PEM CA certificates [default: the public web PKI]
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// https:// targets: present this PEM client certificate (mTLS); needs --key
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Send `Authorization: Bearer <token>` with the token in this file
+    #[arg(long, value_name = "FILE")]
+    bearer_file: Option<PathBuf>,
+    /// Open a new connection (and TLS handshake) for every request: measures handshakes
+    #[arg(long)]
+    new_connections: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -133,9 +148,15 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         workload,
         allow_remote: args.allow_remote,
+        tls: load::TlsFiles {
+            ca_file: args.cacert.clone(),
+            client_cert: args.cert.clone().zip(args.key.clone()),
+        },
+        bearer_file: args.bearer_file.clone(),
+        new_connections: args.new_connections,
     };
 
-    if let Err(err) = load::check_url(&options.url, options.allow_remote) {
+    if let Err(err) = load::check_options(&options) {
         return usage(err.to_string());
     }
     if !args.quiet {

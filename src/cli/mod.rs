@@ -14,6 +14,7 @@ mod probe;
 mod profiles;
 mod replay;
 mod serve;
+mod token;
 mod wait;
 
 use std::path::PathBuf;
@@ -62,6 +63,13 @@ enum Command {
         /// Exit 1 unless the decision is this one: ALLOW, DENY or ESCALATE
         #[arg(long, value_name = "TYPE")]
         expect: Option<String>,
+        /// Decide as this authenticated caller (checked against `[[bindings]]`); default:
+        /// `anonymous`
+        #[arg(long, value_name = "ID")]
+        caller: Option<String>,
+        /// How `--caller` authenticated: `jwt` (the default with `--caller`), `mtls` or `none`
+        #[arg(long, value_name = "METHOD", requires = "caller")]
+        caller_method: Option<String>,
     },
     /// Re-decide every request recorded in audit logs (needs `audit.include_request`), as
     /// recorded or under a candidate profile version
@@ -101,6 +109,8 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         approver: Option<String>,
     },
+    /// Sign a caller JWT (EdDSA) for `auth.methods = ["jwt"]`: demos, tests, setups without an IdP
+    Token(token::TokenArgs),
     /// Audit log tools
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -139,7 +149,10 @@ pub fn run() -> ExitCode {
             request,
             profiles,
             expect,
-        } => decide::run(&request, profiles, expect.as_deref(), config),
+            caller,
+            caller_method,
+        } => decide::caller(caller, caller_method.as_deref())
+            .and_then(|caller| decide::run(&request, profiles, expect.as_deref(), caller, config)),
         Command::Replay(args) => replay::run(&args, config),
         Command::Keygen { out, kid } => approve::keygen(&out, kid.as_deref()),
         Command::Approve {
@@ -162,6 +175,7 @@ pub fn run() -> ExitCode {
         Command::Load(args) => load::run(&args),
         Command::Approver(command) => approver::run(command),
         Command::WaitApproval(args) => wait::run(&args),
+        Command::Token(args) => token::run(&args),
         Command::Probe(args) => probe::run(&args),
     };
     match result {

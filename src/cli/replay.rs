@@ -56,7 +56,7 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let store = ProfileStore::new(args.profiles.clone().unwrap_or(config.profiles_root));
-    let context = Context::new(config.approvals);
+    let context = Context::new(config.approvals).with_bindings(config.bindings);
     let single_use = config.single_use_ledger.is_some();
     let files = chain_order(&not_chain_files_dropped(&args.files));
     if args.candidate.is_empty() {

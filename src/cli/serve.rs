@@ -11,12 +11,13 @@ use anyhow::Context;
 use crate::admin::Admin;
 use crate::approval::UsedTokens;
 use crate::audit::{expand_path, AuditError, AuditLog, AuditSettings, FileOptions};
+use crate::auth::Authenticator;
 use crate::config::{Config, LogFormat};
 use crate::decision::Runtime;
 use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
 use crate::proxy::{tools_without_upstream, Proxy, SHUTDOWN_RECORDING};
-use crate::server::{Gate, Server};
+use crate::server::{Gate, Server, TlsListener};
 
 use super::EXIT_CONFIG;
 
@@ -54,6 +55,38 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     let proxy = proxy_mode(&config, &profiles)?;
 
     let metrics = Arc::new(Metrics::new(&Runtime::current()));
+    let auth = match Authenticator::load(&config.auth, Arc::clone(&metrics)) {
+        Ok(auth) => auth,
+        Err(err) => {
+            eprintln!("error: invalid configuration: caller keys: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let tls = match &config.listen_tls {
+        None => None,
+        Some(tls_config) => match TlsListener::load(tls_config.clone(), Arc::clone(&metrics)) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(err) => {
+                eprintln!("error: invalid configuration: listen_tls: {err}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+    };
+    if !config.listen.ip().is_loopback() && tls.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the execution listener is reachable beyond this host over plain HTTP: tool \
+             arguments cross the network in clear text (set `listen_tls`)"
+        );
+    }
+    if !config.listen.ip().is_loopback() && !auth.is_required() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the execution listener is reachable beyond this host, but callers are not authenticated \
+             (`auth.methods = [\"none\"]`): anyone who reaches it may claim any principal{}",
+            if config.bindings.is_some() { "" } else { " and use any profile" }
+        );
+    }
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let audit_path = expand_path(&config.audit.path_template, std::process::id(), &hostname);
     if let Some(dir) = audit_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -100,6 +133,12 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             tracing::info!(notify = %escalations.url, kid = %escalations.kid, "escalations are reported, signed");
             gate.notifier = Some(notifier);
         }
+        auth.spawn_reloader();
+        gate.auth = auth;
+        if let Some(tls) = &tls {
+            Arc::clone(tls).spawn_reloader();
+        }
+        gate.tls = tls;
         // Loads (and logs) every shadow candidate now, so a broken one shows at start.
         let _ = gate.shadow.status(&gate.profiles);
         let gate = Arc::new(gate);
@@ -128,8 +167,9 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             rotate_bytes = config.audit.rotate_bytes,
             rotate_interval = ?config.audit.rotate_interval,
             profiles_root = %config.profiles_root.display(),
-            "ecl-gate {} serving POST http://{addr}/v1/execute (admin on http://{admin_addr})",
+            "ecl-gate {} serving POST {scheme}://{addr}/v1/execute (admin on http://{admin_addr})",
             env!("GATE_VERSION_LINE"),
+            scheme = if config.listen_tls.is_some() { "https" } else { "http" },
         );
 
         // First signal: stop accepting, let in-flight requests finish within the grace period.
@@ -292,6 +332,9 @@ fn log_effective_config(config: &Config) {
         single_use_ledger = ?config.single_use_ledger,
         log_include_args = config.log.include_args,
         shutdown_grace = ?config.shutdown_grace,
+        auth = if config.auth.mtls { "mtls" } else if config.auth.jwt.is_some() { "jwt" } else { "none" },
+        listen_tls = config.listen_tls.is_some(),
+        bindings = config.bindings.as_ref().map_or(0, |b| b.bindings.len()),
         "effective configuration"
     );
 }

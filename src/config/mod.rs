@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub mod auth;
 pub mod escalations;
 pub mod proxy;
 mod words;
@@ -81,6 +82,12 @@ pub struct RawConfig {
     pub grants: proxy::RawGrants,
     pub tls: proxy::RawTls,
     pub escalations: escalations::RawEscalations,
+    pub auth: auth::RawAuth,
+    pub listen_tls: auth::RawListenTls,
+    // `[[bindings]]` tables cannot follow the shipped file's other tables as `bindings = []`
+    // and still be uncommented into place, so the file leaves the key out.
+    #[serde(default)]
+    pub bindings: Vec<auth::RawBinding>,
     /// Shadow evaluation (issue 17): `"id@version" = "candidate_version"`.
     pub shadow: std::collections::BTreeMap<String, String>,
 }
@@ -181,6 +188,9 @@ impl Default for RawConfig {
             grants: Default::default(),
             tls: Default::default(),
             escalations: Default::default(),
+            auth: Default::default(),
+            listen_tls: Default::default(),
+            bindings: Vec::new(),
             shadow: Default::default(),
         }
     }
@@ -229,6 +239,12 @@ pub struct Config {
     pub proxy: Option<proxy::ProxyConfig>,
     /// Where ESCALATEs are reported, signed; `None` when `escalations.notify` is empty.
     pub escalations: Option<escalations::EscalationConfig>,
+    /// How callers authenticate on the execution listener.
+    pub auth: auth::AuthConfig,
+    /// TLS on the execution listener; `None`: plain HTTP.
+    pub listen_tls: Option<auth::ListenTlsConfig>,
+    /// Who may use which profiles and principals; `None`: anyone may use any.
+    pub bindings: Option<crate::caller::Bindings>,
     /// Candidate profile versions evaluated in shadow, sorted by enforced profile.
     pub shadow: Vec<ShadowCandidate>,
 }
@@ -570,6 +586,9 @@ impl RawConfig {
             )?),
             Mode::Decide => None,
         };
+        let listen_tls = self.listen_tls.validate()?;
+        let auth = self.auth.validate(listen_tls.as_ref())?;
+        let bindings = auth::validate_bindings(self.bindings)?;
         let shutdown_grace = Duration::from_millis(in_range(
             "shutdown_grace_ms",
             self.shutdown_grace_ms,
@@ -598,6 +617,9 @@ impl RawConfig {
             }
         }
         Ok(Config {
+            auth,
+            listen_tls,
+            bindings,
             proxy,
             escalations,
             shadow,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::approval::{Approval, Approvals};
+use crate::caller::{Asked, Bindings, Caller};
 use crate::canonical::{self, Value};
 use crate::profile::{Severity, ToolPolicy};
 use crate::request::{ExecRequest, Rejection};
@@ -45,6 +46,8 @@ impl Runtime {
 pub struct Context {
     pub runtime: Runtime,
     pub approvals: Approvals,
+    /// `[[bindings]]`: who may use which profiles and principals; `None`: anyone may use any.
+    pub bindings: Option<Bindings>,
 }
 
 impl Context {
@@ -52,7 +55,12 @@ impl Context {
         Context {
             runtime: Runtime::current(),
             approvals,
+            bindings: None,
         }
+    }
+
+    pub fn with_bindings(self, bindings: Option<Bindings>) -> Context {
+        Context { bindings, ..self }
     }
 }
 
@@ -90,6 +98,8 @@ pub struct Decision {
     pub normalized_request: Option<Arc<Value>>,
     /// The approval this decision relied on, if a valid token was presented and needed.
     pub approval: Option<Approval>,
+    /// Who asked: an input of the decision, recorded so a replay can hand it back.
+    pub caller: Caller,
     /// What a shadow candidate profile decided, set only when it disagrees (issue 17).
     pub shadow: Option<ShadowOutcome>,
 }
@@ -125,33 +135,64 @@ pub fn provenance_id(profile_ref_hash: &str, request_hash: &str, runtime: &Runti
     format!("prov_{}", &hex[..32.min(hex.len())])
 }
 
-/// Decides one attempt. Total: every input yields a decision.
+/// Decides one attempt by `caller`. Total: every input yields a decision.
 ///
 /// `now` is the decision time; only approval-token validity may ever depend on it.
-pub fn decide(attempt: Attempt<'_>, context: &Context, now: SystemTime) -> Decision {
+pub fn decide(
+    attempt: Attempt<'_>,
+    context: &Context,
+    caller: &Caller,
+    now: SystemTime,
+) -> Decision {
     let runtime = &context.runtime;
-    match attempt {
+    let mut decision = match attempt {
         Attempt::Rejected(rejection) => {
+            let reason_and_detail = match caller_refusal(rejection, context, caller) {
+                Some(detail) => (ReasonCode::CallerNotPermitted, detail),
+                None => (rejection.reason, rejection.detail.clone()),
+            };
             let mut decision = Decision::deny(
-                rejection.reason,
+                reason_and_detail.0,
                 rejection.request_hash.clone(),
                 rejection.request_id.clone(),
                 rejection.profile.clone(),
                 no_profile_hash(),
                 runtime,
-                Some(rejection.detail.clone()),
+                Some(reason_and_detail.1),
             );
             decision.normalized_request = rejection.normalized.clone();
             decision
         }
-        Attempt::Request { request, profile } => evaluate(request, profile, context, now),
-    }
+        Attempt::Request { request, profile } => evaluate(request, profile, context, caller, now),
+    };
+    decision.caller = caller.clone();
+    decision
+}
+
+/// The binding check for a body that passed the schema step but was rejected after it
+/// (`CTX_HASH_MISMATCH`): the caller check comes first, right after the schema.
+fn caller_refusal(rejection: &Rejection, context: &Context, caller: &Caller) -> Option<String> {
+    let bindings = context.bindings.as_ref()?;
+    let (profile_id, profile_version) = rejection.profile.as_ref()?;
+    let normalized = rejection.normalized.as_ref()?;
+    let principal_id = normalized["actor"]["principal_id"].as_str()?;
+    bindings
+        .permit(
+            caller,
+            Asked {
+                profile_id,
+                profile_version,
+                principal_id,
+            },
+        )
+        .err()
 }
 
 fn evaluate(
     request: &ExecRequest,
     lookup: &ProfileLookup,
     context: &Context,
+    caller: &Caller,
     now: SystemTime,
 ) -> Decision {
     let runtime = &context.runtime;
@@ -169,6 +210,18 @@ fn evaluate(
         decision.normalized_request = Some(Arc::clone(&request.normalized));
         decision
     };
+
+    // Right after the schema: may this caller use this profile, as this principal?
+    if let Some(bindings) = &context.bindings {
+        let asked = Asked {
+            profile_id: &request.profile_id,
+            profile_version: &request.profile_version,
+            principal_id: &request.actor.principal_id,
+        };
+        if let Err(detail) = bindings.permit(caller, asked) {
+            return deny(ReasonCode::CallerNotPermitted, no_profile_hash(), detail);
+        }
+    }
 
     // Step 5: the profile.
     let profile = match lookup {
@@ -250,6 +303,7 @@ fn evaluate(
         detail: None,
         normalized_request: Some(Arc::clone(&request.normalized)),
         approval,
+        caller: caller.clone(),
         shadow: None,
     }
 }
@@ -288,6 +342,7 @@ impl Decision {
             detail,
             normalized_request: None,
             approval: None,
+            caller: Caller::anonymous(),
             shadow: None,
         }
     }

@@ -159,6 +159,7 @@ impl Decision {
         record.insert("decision_type".into(), self.decision_type.as_str().into());
         record.insert("reason_code".into(), self.reason.as_str().into());
         record.insert("approved_call".into(), self.approved_call_value());
+        record.insert("caller".into(), self.caller_value());
         record.insert("profile_id".into(), profile_id.into());
         record.insert("profile_version".into(), profile_version.into());
         record.insert(
@@ -222,6 +223,15 @@ impl Decision {
             block.finish();
         }
         self.write_approved_call(record.key("approved_call"));
+        {
+            let mut caller = ObjectWriter::new(record.key("caller"));
+            caller.str("id", &self.caller.id);
+            if let Some(issuer) = &self.caller.issuer {
+                caller.str("iss", issuer);
+            }
+            caller.str("method", self.caller.method.as_str());
+            caller.finish();
+        }
         record.str("decision_type", self.decision_type.as_str());
         if self.decision_type == DecisionType::Escalate {
             record.value("escalation", &self.escalation_value());
@@ -261,6 +271,17 @@ impl Decision {
             Some((id, version)) => (id, version),
             None => (UNKNOWN, UNKNOWN),
         }
+    }
+
+    /// The record's `caller` member: `{id, iss?, method}`.
+    fn caller_value(&self) -> Value {
+        let mut caller = Map::new();
+        caller.insert("method".into(), self.caller.method.as_str().into());
+        caller.insert("id".into(), self.caller.id.as_ref().into());
+        if let Some(issuer) = &self.caller.issuer {
+            caller.insert("iss".into(), issuer.as_ref().into());
+        }
+        Value::Object(caller)
     }
 
     fn runtime_value(&self) -> Value {
@@ -323,6 +344,7 @@ mod tests {
             detail: None,
             normalized_request: None,
             approval: None,
+            caller: crate::caller::Caller::anonymous(),
             shadow: None,
         };
         let deny = Decision {
@@ -349,7 +371,15 @@ mod tests {
             escalation: None,
             ..escalate.clone()
         };
-        vec![allow, deny, escalate, escalate_without_block]
+        let jwt_caller = Decision {
+            caller: crate::caller::Caller {
+                method: crate::caller::CallerMethod::Jwt,
+                id: "system:serviceaccount:agents:\"finance\"".into(),
+                issuer: Some("https://kubernetes.default.svc".into()),
+            },
+            ..allow.clone()
+        };
+        vec![allow, deny, escalate, escalate_without_block, jwt_caller]
     }
 
     #[test]

@@ -250,7 +250,7 @@ fn decision_table() {
                 request: &request,
                 profile: &lookup,
             };
-            let decision = decide(attempt, &context, at(NOW));
+            let decision = decide(attempt, &context, &Caller::anonymous(), at(NOW));
             let expect = &case["expect"];
             assert_eq!(
                 (decision.decision_type.as_str(), decision.reason.as_str()),
@@ -288,7 +288,7 @@ fn decision_table() {
                 "{name}"
             );
             // Deterministic: the same inputs a second later give the same decision.
-            let again = decide(attempt, &context, at(NOW + 1));
+            let again = decide(attempt, &context, &Caller::anonymous(), at(NOW + 1));
             assert_eq!(decision.fingerprint(), again.fingerprint(), "{name}");
             assert_eq!(
                 decision.approved_call.is_some(),
@@ -326,4 +326,141 @@ fn no_profile_hash_is_the_hash_of_the_marker() {
         no_profile_hash(),
         "sha256:".to_owned() + &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"NO_PROFILE"))
     );
+}
+
+fn example_profile() -> Profile {
+    let path = manifest().join("profiles/example/1.0.0.json");
+    parse_profile("example", "1.0.0", &std::fs::read(path).unwrap()).unwrap()
+}
+
+fn caller(id: &str) -> Caller {
+    Caller {
+        method: crate::caller::CallerMethod::Mtls,
+        id: id.into(),
+        issuer: None,
+    }
+}
+
+fn bound_context(principals: &[&str]) -> Context {
+    use crate::caller::{Binding, Pattern, PrincipalPattern, ProfilePattern};
+    test_context().with_bindings(Some(Bindings {
+        bindings: vec![Binding {
+            caller: Pattern::new("agent:*"),
+            profiles: vec![ProfilePattern::parse("example@1.*").unwrap()],
+            principals: principals
+                .iter()
+                .map(|p| PrincipalPattern::parse(p))
+                .collect(),
+        }],
+    }))
+}
+
+#[test]
+// Bindings are checked right after the schema step: the profile is not even looked at, and
+// the record names the caller; every other step still runs for a permitted caller.
+fn bindings_decide_before_the_profile() {
+    let profile = example_profile();
+    let tool = &profile.tools()[0].name;
+    let request = request_value(&profile, tool, &Value::Object(Default::default()));
+    let request = decode(&to_canonical(&request)).unwrap();
+    // A lookup that failed: a permitted caller gets PROFILE_NOT_FOUND-like reasons from it,
+    // an unpermitted one CALLER_NOT_PERMITTED before it matters.
+    let missing: ProfileLookup = Err(crate::profile::ProfileError::NotFound {
+        id: "example".into(),
+        version: "1.0.0".into(),
+    });
+    let attempt = Attempt::Request {
+        request: &request,
+        profile: &missing,
+    };
+    let context = bound_context(&["{caller}"]);
+    let refused = decide(attempt, &context, &caller("ops"), at(NOW));
+    assert_eq!(refused.reason, ReasonCode::CallerNotPermitted);
+    assert_eq!(
+        refused.detail.as_deref(),
+        Some("caller `ops` has no binding")
+    );
+    assert_eq!(refused.profile_ref_hash, no_profile_hash());
+    assert_eq!(&*refused.caller.id, "ops");
+    let permitted = decide(attempt, &context, &caller("agent:1"), at(NOW));
+    assert_eq!(permitted.reason, ReasonCode::ProfileNotFound);
+    assert_eq!(&*permitted.caller.id, "agent:1");
+    // Without bindings anyone may ask.
+    let open = decide(attempt, &test_context(), &caller("ops"), at(NOW));
+    assert_eq!(open.reason, ReasonCode::ProfileNotFound);
+}
+
+#[test]
+fn bindings_check_the_claimed_principal() {
+    let profile = example_profile();
+    let tool = &profile.tools()[0].name;
+    let request = decode(&to_canonical(&request_value(
+        &profile,
+        tool,
+        &Value::Object(Default::default()),
+    )))
+    .unwrap();
+    let lookup: ProfileLookup = Ok(Arc::new(example_profile()));
+    let attempt = Attempt::Request {
+        request: &request,
+        profile: &lookup,
+    };
+    // The request claims principal `agent:1`.
+    let own = decide(
+        attempt,
+        &bound_context(&["{caller}"]),
+        &caller("agent:1"),
+        at(NOW),
+    );
+    assert_ne!(
+        own.reason,
+        ReasonCode::CallerNotPermitted,
+        "{:?}",
+        own.detail
+    );
+    let other = decide(
+        attempt,
+        &bound_context(&["{caller}"]),
+        &caller("agent:2"),
+        at(NOW),
+    );
+    assert_eq!(other.reason, ReasonCode::CallerNotPermitted);
+    assert_eq!(
+        other.detail.as_deref(),
+        Some("caller `agent:2` may not act as principal `agent:1` with profile `example` version `1.0.0`")
+    );
+    let pattern = decide(
+        attempt,
+        &bound_context(&["agent:*"]),
+        &caller("agent:2"),
+        at(NOW),
+    );
+    assert_ne!(pattern.reason, ReasonCode::CallerNotPermitted);
+}
+
+#[test]
+// A body rejected after the schema step (CTX_HASH_MISMATCH) is still refused to a caller who
+// may not use its profile: the caller check comes first.
+fn bindings_come_before_the_context_hash() {
+    let profile = example_profile();
+    let mut request = request_value(
+        &profile,
+        &profile.tools()[0].name,
+        &Value::Object(Default::default()),
+    );
+    let Value::Object(map) = &mut request else {
+        unreachable!()
+    };
+    let Some(Value::Object(context)) = map.get_mut("context") else {
+        unreachable!()
+    };
+    context.insert("snapshot_hash".into(), "sha256:00".into());
+    let rejection = decode(&to_canonical(&request)).unwrap_err();
+    assert_eq!(rejection.reason, ReasonCode::CtxHashMismatch);
+    let attempt = Attempt::Rejected(&rejection);
+    let context = bound_context(&["{caller}"]);
+    let refused = decide(attempt, &context, &caller("ops"), at(NOW));
+    assert_eq!(refused.reason, ReasonCode::CallerNotPermitted);
+    let permitted = decide(attempt, &context, &caller("agent:1"), at(NOW));
+    assert_eq!(permitted.reason, ReasonCode::CtxHashMismatch);
 }

@@ -10,7 +10,11 @@
 mod body;
 mod check;
 mod run;
+mod secure;
 
 pub use body::{Scenario, Template, Workload};
 pub use check::{check_full, Checked, Checker};
-pub use run::{check_url, run, Latency, Limit, LoadError, Options, Progress, Report};
+pub use run::{
+    check_options, check_url, run, Latency, Limit, LoadError, Options, Progress, Report,
+};
+pub use secure::TlsFiles;

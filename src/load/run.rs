@@ -49,6 +49,12 @@ pub struct Options {
     pub workload: Workload,
     /// Targets outside 127.0.0.0/8 and ::1 are refused unless this is set.
     pub allow_remote: bool,
+    /// For `https://` URLs.
+    pub tls: super::TlsFiles,
+    /// A file holding a bearer token sent with every request.
+    pub bearer_file: Option<std::path::PathBuf>,
+    /// A new connection (and TLS handshake) for every request instead of keep-alive.
+    pub new_connections: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,18 +133,34 @@ struct Target {
     addr: SocketAddr,
     uri: Uri,
     host: HeaderValue,
+    /// `https://` targets.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+    authorization: Option<HeaderValue>,
 }
 
 fn target(url: &str, allow_remote: bool) -> Result<Target, LoadError> {
+    target_with(url, allow_remote, &super::TlsFiles::default(), None)
+}
+
+fn target_with(
+    url: &str,
+    allow_remote: bool,
+    tls: &super::TlsFiles,
+    bearer_file: Option<&std::path::Path>,
+) -> Result<Target, LoadError> {
     let usage = |m: String| LoadError::Usage(m);
     let uri: Uri = url
         .parse()
         .map_err(|_| usage(format!("`{url}` is not a URL")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         Some(other) => {
             return Err(usage(format!(
-                "`{other}` URLs are not supported; the gate serves plain HTTP"
+                "`{other}` URLs are not supported; use http:// or https://"
             )))
         }
         None => {
@@ -146,11 +168,16 @@ fn target(url: &str, allow_remote: bool) -> Result<Target, LoadError> {
                 "`{url}` has no scheme; use http://HOST:PORT/…"
             )))
         }
+    };
+    if !https && (tls.ca_file.is_some() || tls.client_cert.is_some()) {
+        return Err(usage(format!(
+            "--cacert and --cert need an https:// URL, not `{url}`"
+        )));
     }
     let authority = uri
         .authority()
         .ok_or_else(|| usage(format!("`{url}` has no host")))?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host = authority
         .host()
         .trim_start_matches('[')
@@ -169,6 +196,11 @@ fn target(url: &str, allow_remote: bool) -> Result<Target, LoadError> {
             addr.ip()
         )));
     }
+    let tls = if https {
+        Some(super::secure::connector(tls, host)?)
+    } else {
+        None
+    };
     let path = match uri.path_and_query().map(|p| p.as_str()) {
         None | Some("") | Some("/") => "/v1/execute",
         Some(path) => path,
@@ -178,16 +210,30 @@ fn target(url: &str, allow_remote: bool) -> Result<Target, LoadError> {
         .map_err(|_| usage(format!("`{url}` has an invalid path")))?;
     let host = HeaderValue::from_str(authority.as_str())
         .map_err(|_| usage(format!("`{url}` has an invalid host")))?;
+    let authorization = bearer_file.map(super::secure::bearer).transpose()?;
     Ok(Target {
         addr,
         uri: request_uri,
         host,
+        tls,
+        authorization,
     })
 }
 
-/// Checks that `url` is one [`run`] accepts, without connecting.
+/// Checks that `url` (and its TLS files and token) is one [`run`] accepts, without connecting.
 pub fn check_url(url: &str, allow_remote: bool) -> Result<(), LoadError> {
     target(url, allow_remote).map(|_| ())
+}
+
+/// [`check_url`] with everything in `options`.
+pub fn check_options(options: &Options) -> Result<(), LoadError> {
+    target_with(
+        &options.url,
+        options.allow_remote,
+        &options.tls,
+        options.bearer_file.as_deref(),
+    )
+    .map(|_| ())
 }
 
 /// Shared by every thread; written only through relaxed counters.
@@ -202,6 +248,7 @@ struct Shared {
     max_requests: Option<u64>,
     /// Unique per run, so two runs against one gate never repeat a `request_id`.
     run_id: String,
+    new_connections: bool,
     /// Measured requests handed out (request-count mode).
     claimed: AtomicU64,
     done: AtomicU64,
@@ -225,7 +272,12 @@ pub fn run(options: &Options, mut progress: impl FnMut(&Progress)) -> Result<Rep
     if options.workload.templates.is_empty() {
         return Err(LoadError::Usage("no request body to send".to_owned()));
     }
-    let target = target(&options.url, options.allow_remote)?;
+    let target = target_with(
+        &options.url,
+        options.allow_remote,
+        &options.tls,
+        options.bearer_file.as_deref(),
+    )?;
     // Fail fast, with a clear message, when nothing listens.
     std::net::TcpStream::connect_timeout(&target.addr, options.timeout.min(Duration::from_secs(5)))
         .map_err(|source| LoadError::Connect {
@@ -261,6 +313,7 @@ pub fn run(options: &Options, mut progress: impl FnMut(&Progress)) -> Result<Rep
         deadline,
         max_requests,
         run_id,
+        new_connections: options.new_connections,
         claimed: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -376,7 +429,7 @@ async fn worker(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, index: usize) {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(shared.timeout, async {
             if sender.as_ref().is_none_or(|s| s.is_closed()) {
-                sender = Some(connect(&shared.target.addr).await?);
+                sender = Some(connect(&shared.target).await?);
             }
             match sender.as_mut() {
                 Some(s) => exchange(s, &shared.target, body).await,
@@ -387,6 +440,9 @@ async fn worker(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, index: usize) {
         {
             Ok(Ok((status, bytes))) => {
                 connect_failures = 0;
+                if shared.new_connections {
+                    sender = None;
+                }
                 Outcome::Answer(status, bytes)
             }
             Ok(Err((kind, detail))) => Outcome::Failed(kind, detail),
@@ -448,15 +504,29 @@ fn status_kind(status: http::StatusCode) -> &'static str {
     }
 }
 
-async fn connect(addr: &SocketAddr) -> Result<SendRequest<Full<Bytes>>, (&'static str, String)> {
+async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, (&'static str, String)> {
     let failed = |err: &dyn std::fmt::Display| ("connect failed", err.to_string());
-    let stream = tokio::net::TcpStream::connect(addr)
+    let stream = tokio::net::TcpStream::connect(target.addr)
         .await
         .map_err(|e| failed(&e))?;
     let _ = stream.set_nodelay(true);
+    let Some((connector, name)) = &target.tls else {
+        return handshake(stream).await;
+    };
+    let stream = connector
+        .connect(name.clone(), stream)
+        .await
+        .map_err(|e| ("TLS handshake failed", e.to_string()))?;
+    handshake(stream).await
+}
+
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, (&'static str, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(|e| ("connect failed", e.to_string()))?;
     tokio::task::spawn_local(async move {
         let _ = connection.await;
     });
@@ -475,6 +545,9 @@ async fn exchange(
     let headers = request.headers_mut();
     headers.insert(HOST, target.host.clone());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(authorization) = &target.authorization {
+        headers.insert(http::header::AUTHORIZATION, authorization.clone());
+    }
     sender.ready().await.map_err(failed)?;
     let response = sender.send_request(request).await.map_err(failed)?;
     let status = response.status();
@@ -697,9 +770,17 @@ mod tests {
         assert_eq!(t.uri, "/x/y?z=1");
         assert!(t.addr.ip().is_loopback());
         assert!(matches!(
-            target("https://127.0.0.1:1/", false),
+            target("ftp://127.0.0.1:1/", false),
             Err(LoadError::Usage(_))
         ));
+        let with_ca = super::super::TlsFiles {
+            ca_file: Some("ca.pem".into()),
+            client_cert: None,
+        };
+        match target_with("http://127.0.0.1:1/", false, &with_ca, None) {
+            Err(LoadError::Usage(message)) => assert!(message.contains("https://"), "{message}"),
+            _ => panic!("--cacert with an http:// URL must be refused"),
+        }
         assert!(matches!(
             target("http://192.0.2.1:80/", false),
             Err(LoadError::Usage(_))
@@ -780,6 +861,9 @@ mod tests {
                 templates: super::super::Scenario::Mixed.templates().unwrap(),
             },
             allow_remote: false,
+            tls: Default::default(),
+            bearer_file: None,
+            new_connections: false,
         };
         let mut progress_calls = 0;
         let report = run(&options, |_| progress_calls += 1).unwrap();
@@ -828,6 +912,9 @@ mod tests {
                 templates: super::super::Scenario::Allow.templates().unwrap(),
             },
             allow_remote: false,
+            tls: Default::default(),
+            bearer_file: None,
+            new_connections: false,
         };
         match run(&options, |_| {}) {
             Err(LoadError::Connect { hint, .. }) => assert!(hint.contains("running")),

@@ -323,6 +323,11 @@ impl<'a> CandidateReplayer<'a> {
             self.report.skipped += 1;
             return;
         };
+        // An unreadable caller cannot be re-decided as anyone else: the record is skipped.
+        let Ok(caller) = super::recorded_caller(record) else {
+            self.report.skipped += 1;
+            return;
+        };
         let bytes = canonical::to_canonical(stored);
         let decision = match request::decode(&bytes) {
             // Rejected before the profile step: no profile version can change that.
@@ -335,7 +340,7 @@ impl<'a> CandidateReplayer<'a> {
                     self.report.other_profiles += 1;
                     return;
                 }
-                decide(Attempt::Rejected(&rejection), self.context, now)
+                decide(Attempt::Rejected(&rejection), self.context, &caller, now)
             }
             Ok(request) => {
                 let Some(profile) = self
@@ -352,6 +357,7 @@ impl<'a> CandidateReplayer<'a> {
                         profile: &lookup,
                     },
                     self.context,
+                    &caller,
                     now,
                 )
             }

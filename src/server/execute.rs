@@ -19,6 +19,7 @@ use hyper::body::Body;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::approval::Spend;
+use crate::caller::Caller;
 use crate::canonical;
 use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
 use crate::metrics::InFlight;
@@ -100,8 +101,53 @@ where
             ),
             normalized: None,
         };
-        let decision = (gate.decide)(Attempt::Rejected(&rejection), &gate.context, arrival.wall);
+        let decision = (gate.decide)(
+            Attempt::Rejected(&rejection),
+            &gate.context,
+            &Caller::anonymous(),
+            arrival.wall,
+        );
         return record_and_respond(&gate, decision, arrival, arrival.wall, None).await;
+    };
+    // Who is calling, from the head alone: a caller that cannot prove it costs no body read.
+    let peer = request
+        .extensions()
+        .get::<super::PeerCaller>()
+        .and_then(|p| p.0.as_ref());
+    let caller = match gate
+        .auth
+        .authenticate(request.uri(), request.headers(), peer)
+    {
+        Ok(caller) => caller,
+        Err(failure) => {
+            let rejection = Rejection {
+                reason: ReasonCode::CallerUnauthenticated,
+                request_hash: canonical::sha256_prefixed(b""),
+                request_id: None,
+                profile: None,
+                detail: failure.description.clone(),
+                normalized: None,
+            };
+            let decision = (gate.decide)(
+                Attempt::Rejected(&rejection),
+                &gate.context,
+                &Caller::anonymous(),
+                arrival.wall,
+            );
+            let mut response =
+                record_and_respond(&gate, decision, arrival, arrival.wall, Some(permit)).await;
+            // RFC 6750 §3: 401 with a challenge. A 503 (the record failed) stays a 503.
+            if response.status() == StatusCode::OK {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                if let Some(Ok(challenge)) = failure.challenge().map(|c| HeaderValue::from_str(&c))
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge);
+                }
+            }
+            return response;
+        }
     };
     let declared = request
         .headers()
@@ -116,7 +162,7 @@ where
     )
     .await;
 
-    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival, permit))
+    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival, &caller, permit))
         .catch_unwind()
         .await;
     match attempt {
@@ -125,7 +171,8 @@ where
             // The decision or its audit panicked: what was decided is unknown, so the answer
             // is an INTERNAL_ERROR of its own, recorded like any other decision.
             tracing::error!("panic while deciding; answering INTERNAL_ERROR");
-            let decision = internal_error(&gate, body.as_ref().ok());
+            let mut decision = internal_error(&gate, body.as_ref().ok());
+            decision.caller = caller;
             record_and_respond(&gate, decision, arrival, SystemTime::now(), None).await
         }
     }
@@ -135,13 +182,14 @@ async fn decide_and_record(
     gate: &Gate,
     body: &Result<Bytes, super::body::BodyFailure>,
     arrival: Arrival,
+    caller: &Caller,
     permit: OwnedSemaphorePermit,
 ) -> Response<Full<Bytes>> {
     // The decision time, at the precision the audit record keeps, so a replay at the recorded
     // `decided_at` sees exactly the instant this decision saw.
     let now = to_micros(SystemTime::now());
     let decision = match body {
-        Ok(bytes) => decide_body(gate, bytes, now),
+        Ok(bytes) => decide_body(gate, bytes, caller, now),
         Err(failure) => {
             let rejection = Rejection {
                 reason: failure.reason,
@@ -152,7 +200,7 @@ async fn decide_and_record(
                 detail: failure.detail.clone(),
                 normalized: None,
             };
-            (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now)
+            (gate.decide)(Attempt::Rejected(&rejection), &gate.context, caller, now)
         }
     };
     let decision = spend_approval(gate, decision, now).await;
@@ -184,9 +232,9 @@ async fn spend_approval(gate: &Gate, decision: Decision, now: SystemTime) -> Dec
 }
 
 /// Steps 2–9: decode, look the profile up, decide.
-fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
+fn decide_body(gate: &Gate, bytes: &[u8], caller: &Caller, now: SystemTime) -> Decision {
     match request::decode(bytes) {
-        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.context, now),
+        Err(rejection) => (gate.decide)(Attempt::Rejected(&rejection), &gate.context, caller, now),
         Ok(request) => {
             let profile = gate
                 .profiles
@@ -197,6 +245,7 @@ fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
                     profile: &profile,
                 },
                 &gate.context,
+                caller,
                 now,
             );
             if gate.shadow.is_empty() {
@@ -341,6 +390,7 @@ fn log_decision(gate: &Gate, decision: &Decision, audit: Option<&AuditBlock>, el
         reason = decision.reason.as_str(),
         tool,
         profile = %profile,
+        caller = %decision.caller.id,
         seq = audit.map(|a| a.seq),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         args,

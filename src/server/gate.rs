@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::approval::UsedTokens;
 use crate::audit::AuditLog;
+use crate::auth::Authenticator;
+use crate::caller::Caller;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Limits};
@@ -15,7 +17,7 @@ use crate::profile::ProfileStore;
 use super::shadow::Shadows;
 
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
-pub type DecideFn = fn(Attempt<'_>, &Context, SystemTime) -> Decision;
+pub type DecideFn = fn(Attempt<'_>, &Context, &Caller, SystemTime) -> Decision;
 
 pub struct Gate {
     pub profiles: ProfileStore,
@@ -37,6 +39,10 @@ pub struct Gate {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// `escalations.notify`: reports every ESCALATE after its record is written.
     pub notifier: Option<crate::notify::Notifier>,
+    /// Who is calling; [`Authenticator::none`] (everyone `anonymous`) until `serve` loads keys.
+    pub auth: Authenticator,
+    /// TLS on the execution listener; `None`: plain HTTP.
+    pub tls: Option<Arc<super::tls::TlsListener>>,
     /// Candidate profile versions decided in shadow (`shadow` in the config).
     pub shadow: Shadows,
 }
@@ -46,7 +52,7 @@ impl Gate {
         Gate {
             profiles,
             audit,
-            context: Context::new(config.approvals.clone()),
+            context: Context::new(config.approvals.clone()).with_bindings(config.bindings.clone()),
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             include_request: config.audit.include_request,
@@ -58,6 +64,8 @@ impl Gate {
             used_tokens: None,
             proxy: None,
             notifier: None,
+            auth: Authenticator::none(),
+            tls: None,
             shadow: Shadows::new(&config.shadow),
         }
     }

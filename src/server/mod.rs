@@ -7,6 +7,7 @@ mod body;
 mod execute;
 mod gate;
 mod shadow;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,11 +25,17 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 
 pub use execute::ExecuteService;
 pub use gate::{DecideFn, Gate};
+pub use tls::{peer_caller, TlsListener};
+
+/// The caller a connection's verified client certificate names, handed to every request on
+/// that connection (mTLS); absent on plain connections.
+#[derive(Debug, Clone)]
+pub struct PeerCaller(pub Option<crate::caller::Caller>);
 pub use shadow::{CandidateStatus, Shadows};
 
 /// The service stack, outermost first.
@@ -80,6 +87,8 @@ impl Server {
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limits = self.gate.limits;
+        let tls = self.gate.tls.clone();
+        let metrics = Arc::clone(&self.gate.metrics);
         let service = execute_stack(self.gate);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -113,13 +122,54 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service.clone()),
-            );
-            let connection = graceful.watch(connection.into_owned());
+            let Some(tls) = &tls else {
+                let connection = builder.serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service.clone()),
+                );
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    }
+                    drop(slot);
+                });
+                continue;
+            };
+            // The handshake runs in the connection's own task, so a slow or hostile client
+            // never holds up the accept loop; it gets the header timeout to finish.
+            let acceptor = tls.acceptor();
+            let (builder, service, watcher) =
+                (builder.clone(), service.clone(), graceful.watcher());
+            let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
+                let handshake =
+                    tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        metrics.tls_handshake_failures.inc();
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_failures.inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let caller = PeerCaller(peer_caller(stream.get_ref().1.peer_certificates()));
+                let service =
+                    tower::util::MapRequestLayer::new(move |mut request: Request<Incoming>| {
+                        request.extensions_mut().insert(caller.clone());
+                        request
+                    })
+                    .layer(service);
+                let connection = builder.serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                );
+                if let Err(err) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
                 }
                 drop(slot);

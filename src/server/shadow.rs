@@ -107,6 +107,7 @@ impl Shadows {
                     profile: &lookup,
                 },
                 &gate.context,
+                &enforced.caller,
                 now,
             )
         }));

@@ -44,6 +44,9 @@ pub struct Options {
     pub max_in_flight: u64,
     /// Proxy mode: upstreams and grant signer (tests/it/proxy.rs).
     pub proxy: Option<ecl_gate::proxy::ProxyConfig>,
+    /// Caller authentication (tests/it/callers.rs); default: everyone `anonymous`.
+    pub auth: ecl_gate::config::auth::AuthConfig,
+    pub bindings: Option<ecl_gate::caller::Bindings>,
     /// `shadow` candidates, `"id@version" = "candidate"` (tests/it/shadow.rs).
     pub shadow: Vec<(&'static str, &'static str)>,
 }
@@ -62,6 +65,8 @@ impl Default for Options {
             include_request: false,
             max_in_flight: 1024,
             proxy: None,
+            auth: Default::default(),
+            bindings: None,
             shadow: Vec::new(),
         }
     }
@@ -112,6 +117,10 @@ impl TestGate {
         if let Some(path) = options.single_use_ledger {
             gate.used_tokens = Some(Arc::new(UsedTokens::open(&path).unwrap()));
         }
+        gate.auth =
+            ecl_gate::auth::Authenticator::load(&options.auth, Arc::clone(&gate.metrics)).unwrap();
+        gate.auth.spawn_reloader();
+        gate.context.bindings = options.bindings;
         if let Some(proxy) = &options.proxy {
             gate.proxy = Some(Arc::new(ecl_gate::proxy::Proxy::new(proxy).unwrap()));
         }
@@ -140,6 +149,33 @@ impl TestGate {
     /// Sends `body` to `/v1/execute`; returns the status and the parsed JSON answer.
     pub async fn execute(&self, body: impl Into<Bytes>) -> (u16, Value) {
         self.send("POST", "/v1/execute", body.into()).await
+    }
+
+    /// Sends `body` to `path_and_query` with extra `headers`; returns status, headers and answer.
+    pub async fn send_with(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> (u16, http::HeaderMap, Value) {
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(self.url(path_and_query))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = canonical::parse(&bytes)
+            .unwrap_or_else(|err| panic!("answer is not JSON ({err}): {bytes:?}"));
+        (status, headers, value)
     }
 
     pub async fn send(&self, method: &str, path: &str, body: Bytes) -> (u16, Value) {

@@ -316,6 +316,7 @@ fn the_demo_profile_and_requests_decide_as_documented() {
                 profile: &profile,
             },
             &context,
+            &ecl_gate::caller::Caller::anonymous(),
             std::time::SystemTime::now(),
         );
         assert_eq!(
@@ -663,9 +664,12 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
                     Some(u64::from(TOOL_PORT))
                 );
             } else {
-                // The agent: no secrets, no ECL_* or tool settings, only the gate's address.
+                // The agent: no secrets, no ECL_* or tool settings, only the gate's address and,
+                // in the gateway, its projected token for the gate (checked below).
                 assert!(env.iter().all(|(k, _)| k == "GATE_URL"), "{env:?}");
-                assert!(seq(&container["volumeMounts"]).is_empty());
+                assert!(seq(&container["volumeMounts"])
+                    .iter()
+                    .all(|m| m["name"].as_str() == Some("gate-token")));
             }
         }
     }
@@ -1052,4 +1056,244 @@ fn k8s_approver_overlay_keeps_the_inbox_from_agents_and_its_key_in_the_approver(
             other => panic!("unexpected port {other}"),
         }
     }
+}
+
+/// Decides `file` (a compose agent request, its profile id optionally replaced) as `caller`
+/// under `config`'s bindings, with the wiring's own profiles.
+fn decide_as(
+    config: &Config,
+    profiles: &str,
+    file: &str,
+    profile_id: Option<&str>,
+    caller: &str,
+) -> String {
+    let mut text = read(&deploy(&format!("compose/agent/{file}")));
+    if let Some(id) = profile_id {
+        text = text.replace("\"id\":\"demo\"", &format!("\"id\":\"{id}\""));
+    }
+    let request = ecl_gate::request::decode(text.as_bytes()).unwrap();
+    let store = ProfileStore::new(deploy(profiles));
+    let profile = store.get(&request.profile_id, &request.profile_version);
+    let context = Context::new(Default::default()).with_bindings(config.bindings.clone());
+    let caller = ecl_gate::caller::Caller {
+        method: ecl_gate::caller::CallerMethod::Jwt,
+        id: caller.into(),
+        issuer: None,
+    };
+    let decision = decide(
+        Attempt::Request {
+            request: &request,
+            profile: &profile,
+        },
+        &context,
+        &caller,
+        std::time::SystemTime::now(),
+    );
+    decision.reason.as_str().to_owned()
+}
+
+#[test]
+// The compose demo authenticates its agent with nothing but the images: the key maker signs the
+// agent's token, the gate verifies it, and bindings pin the agent to the demo profile.
+fn compose_authenticates_its_agent_and_pins_its_profile() {
+    let compose = &yaml_docs(&deploy("compose/compose.yaml"))[0];
+    let services = &compose["services"];
+    let mut gate_env = dockerfile_env(&read(&root().join("Dockerfile")));
+    gate_env.extend(
+        env_pairs(&services["gate"]["environment"])
+            .into_iter()
+            .map(|(k, v)| (k, substitute(&v))),
+    );
+    let config = check_gate_env(&gate_env, Some(&deploy("compose/gate.toml"))).unwrap();
+    let jwt = config
+        .auth
+        .jwt
+        .as_ref()
+        .expect("the compose gate wants bearer tokens");
+    // What the key maker signs is what the gate checks.
+    let keys_script = seq(&services["keys"]["command"])[0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        keys_script.contains(&format!("--issuer {}", jwt.issuer)),
+        "{keys_script}"
+    );
+    assert!(
+        keys_script.contains(&format!("--audience {}", jwt.audience)),
+        "{keys_script}"
+    );
+    assert!(
+        keys_script.contains("--subject demo-agent"),
+        "{keys_script}"
+    );
+    let key = &jwt.pem_keys[0];
+    assert_eq!(key.file, PathBuf::from("/run/auth/agent.pub"));
+    assert!(
+        keys_script.contains(&format!("--kid {}", key.kid)),
+        "{keys_script}"
+    );
+    // Who mounts what: the token goes to the agent only, the public key to the gate only.
+    let mounts = |name: &str| -> Vec<String> {
+        seq(&services[name]["volumes"])
+            .iter()
+            .map(|v| str_of(v).to_owned())
+            .collect()
+    };
+    for (name, _) in services.as_mapping().unwrap() {
+        let name = str_of(name);
+        let token = mounts(name).iter().any(|v| v.starts_with("agent-token:"));
+        assert_eq!(token, name == "agent" || name == "keys", "{name}");
+        let public = mounts(name).iter().any(|v| v.starts_with("gate-auth:"));
+        assert_eq!(public, name == "gate" || name == "keys", "{name}");
+    }
+    assert!(mounts("gate").contains(&"gate-auth:/run/auth:ro".to_owned()));
+    assert!(mounts("agent").contains(&"agent-token:/run/token:ro".to_owned()));
+    let script = read(&deploy("compose/agent/agent.sh"));
+    assert!(script.contains("AUTH=@/run/token/authorization"));
+    assert!(script.contains("CALLER_UNAUTHENTICATED") && script.contains("CALLER_NOT_PERMITTED"));
+    // The bindings, decided: the agent's calls as before, another profile or caller refused.
+    assert_eq!(
+        decide_as(
+            &config,
+            "compose/profiles",
+            "allow.json",
+            None,
+            "demo-agent"
+        ),
+        "OK"
+    );
+    assert_eq!(
+        decide_as(&config, "compose/profiles", "deny.json", None, "demo-agent"),
+        "CONSTRAINT_VIOLATION"
+    );
+    assert_eq!(
+        decide_as(
+            &config,
+            "compose/profiles",
+            "allow.json",
+            Some("ops"),
+            "demo-agent"
+        ),
+        "CALLER_NOT_PERMITTED"
+    );
+    assert_eq!(
+        decide_as(
+            &config,
+            "compose/profiles",
+            "allow.json",
+            None,
+            "another-agent"
+        ),
+        "CALLER_NOT_PERMITTED"
+    );
+}
+
+#[test]
+// The gateway authenticates agents by projected service-account tokens for audience
+// `ecl-gate`, verified against the cluster's JWKS from a ConfigMap; bindings pin each
+// service account to its profile.
+fn k8s_gateway_authenticates_agents_by_service_account_tokens() {
+    let (docs, config) = check_k8s("k8s/gateway", "ecl-gate");
+    let jwt = config
+        .auth
+        .jwt
+        .as_ref()
+        .expect("the gateway wants bearer tokens");
+    let agent = find(&docs, "Deployment", "agent");
+    let pod = &agent["spec"]["template"]["spec"];
+    let account = str_of(&pod["serviceAccountName"]);
+    assert!(find(&docs, "ServiceAccount", account).is_mapping());
+    let projected = seq(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"].as_str() == Some("gate-token"))
+        .expect("a projected token volume");
+    let source = &seq(&projected["projected"]["sources"])[0]["serviceAccountToken"];
+    assert_eq!(str_of(&source["audience"]), jwt.audience);
+    assert!(source["expirationSeconds"].as_u64().unwrap() <= 3600);
+    // The JWKS the gate reads is the ConfigMap the kustomization exports.
+    let gate = find(&docs, "Deployment", "ecl-gate");
+    let gate_pod = &gate["spec"]["template"]["spec"];
+    let jwks_dir = jwt.jwks_file.as_ref().unwrap().parent().unwrap().to_owned();
+    let mount = seq(&seq(&gate_pod["containers"])[0]["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(PathBuf::from) == Some(jwks_dir.clone()))
+        .expect("the JWKS is mounted where jwks_file points");
+    let volume = seq(&gate_pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let config_map = str_of(&volume["configMap"]["name"]);
+    let kustomization = find_kustomization(&docs);
+    let generator = seq(&kustomization["configMapGenerator"])
+        .iter()
+        .find(|g| str_of(&g["name"]) == config_map)
+        .expect("the JWKS ConfigMap is generated");
+    let file_name = jwt
+        .jwks_file
+        .as_ref()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        str_of(&seq(&generator["files"])[0]),
+        format!("{file_name}=keys/jwks.json")
+    );
+    assert!(read(&deploy("k8s/gateway/kustomization.yaml"))
+        .contains("kubectl get --raw /openid/v1/jwks > deploy/k8s/gateway/keys/jwks.json"));
+    // The agent's service account is bound to the demo profile, and nobody else is.
+    let caller = format!("system:serviceaccount:default:{account}");
+    assert_eq!(
+        decide_as(&config, "k8s/gateway/profiles", "allow.json", None, &caller),
+        "OK"
+    );
+    assert_eq!(
+        decide_as(
+            &config,
+            "k8s/gateway/profiles",
+            "allow.json",
+            Some("ops"),
+            &caller
+        ),
+        "CALLER_NOT_PERMITTED"
+    );
+    assert_eq!(
+        decide_as(
+            &config,
+            "k8s/gateway/profiles",
+            "allow.json",
+            None,
+            "system:serviceaccount:default:default"
+        ),
+        "CALLER_NOT_PERMITTED"
+    );
+}
+
+#[test]
+// The sidecar needs no credentials on loopback: its binding pins the one profile.
+fn k8s_sidecar_pins_its_profile() {
+    let (_, config) = check_k8s("k8s/sidecar", "agent");
+    assert!(config.auth.jwt.is_none());
+    assert_eq!(
+        decide_as(
+            &config,
+            "k8s/sidecar/profiles",
+            "allow.json",
+            None,
+            "anonymous"
+        ),
+        "OK"
+    );
+    assert_eq!(
+        decide_as(
+            &config,
+            "k8s/sidecar/profiles",
+            "allow.json",
+            Some("ops"),
+            "anonymous"
+        ),
+        "CALLER_NOT_PERMITTED"
+    );
 }

@@ -7,7 +7,12 @@ use ecl_gate::decision::{Attempt, Context, Decision};
 use crate::common::*;
 use crate::execute::assert_verify_ok;
 
-fn panicking_decide(_: Attempt<'_>, _: &Context, _: SystemTime) -> Decision {
+fn panicking_decide(
+    _: Attempt<'_>,
+    _: &Context,
+    _: &ecl_gate::caller::Caller,
+    _: SystemTime,
+) -> Decision {
     panic!("injected fault: decide panicked")
 }
 

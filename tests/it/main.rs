@@ -8,6 +8,7 @@ mod approver;
 mod audit;
 mod audit_cli;
 mod browser;
+mod callers;
 mod checkpoints;
 mod cli;
 mod common;
@@ -24,6 +25,7 @@ mod proxy_ops;
 mod replay;
 mod schemas;
 mod shadow;
+mod tls;
 mod vectors;
 
 /// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the

@@ -202,12 +202,12 @@ proptest! {
         let context = context();
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let decision = match decode(&bytes) {
-            Err(rejection) => decide(Attempt::Rejected(&rejection), &context, now),
-            Ok(request) => decide(Attempt::Request { request: &request, profile: &profile }, &context, now),
+            Err(rejection) => decide(Attempt::Rejected(&rejection), &context, &ecl_gate::caller::Caller::anonymous(), now),
+            Ok(request) => decide(Attempt::Request { request: &request, profile: &profile }, &context, &ecl_gate::caller::Caller::anonymous(), now),
         };
         let again = match decode(&bytes) {
-            Err(rejection) => decide(Attempt::Rejected(&rejection), &context, now),
-            Ok(request) => decide(Attempt::Request { request: &request, profile: &profile }, &context, now),
+            Err(rejection) => decide(Attempt::Rejected(&rejection), &context, &ecl_gate::caller::Caller::anonymous(), now),
+            Ok(request) => decide(Attempt::Request { request: &request, profile: &profile }, &context, &ecl_gate::caller::Caller::anonymous(), now),
         };
         prop_assert_eq!(decision.fingerprint(), again.fingerprint());
         if decision.decision_type == DecisionType::Allow {
@@ -243,8 +243,8 @@ proptest! {
         ]));
         let request = decode(&body).unwrap();
         let context = context();
-        let first = decide(Attempt::Request { request: &request, profile: &profile }, &context, UNIX_EPOCH);
-        let second = decide(Attempt::Request { request: &request, profile: &profile }, &context, UNIX_EPOCH + Duration::from_secs(3600));
+        let first = decide(Attempt::Request { request: &request, profile: &profile }, &context, &ecl_gate::caller::Caller::anonymous(), UNIX_EPOCH);
+        let second = decide(Attempt::Request { request: &request, profile: &profile }, &context, &ecl_gate::caller::Caller::anonymous(), UNIX_EPOCH + Duration::from_secs(3600));
         prop_assert_eq!(first.fingerprint(), second.fingerprint());
         // An unknown type anywhere can never end in ALLOW.
         if kinds.contains(&"uuid") {

@@ -620,7 +620,7 @@ fn every_openapi_example_validates_against_its_schema() {
     println!("openapi examples valid: {checked}");
     // 5 requests, 6 decisions (200), 1 decision (503), 4 admin JSON bodies (readyz with
     // warnings included), 2 metrics texts (classic and OpenMetrics), 3 component examples.
-    assert_eq!(checked, 21);
+    assert_eq!(checked, 22);
 }
 
 /// The example answers are what the gate really answers to the example requests (all but the
@@ -917,13 +917,19 @@ fn the_request_schema_is_the_decoders_schema() {
 // ---------------------------------------------------------------------------------------------
 // Served bodies
 
-fn panicking_decide(_: Attempt<'_>, _: &Context, _: SystemTime) -> Decision {
+fn panicking_decide(
+    _: Attempt<'_>,
+    _: &Context,
+    _: &ecl_gate::caller::Caller,
+    _: SystemTime,
+) -> Decision {
     panic!("injected fault: decide panicked (tests/it/schemas.rs)")
 }
 
 /// Checks one served decision: status and reason as expected, body valid for that status.
 struct Served {
     ok: Validator,
+    unauthenticated: Validator,
     failed: Validator,
     reasons: Vec<String>,
 }
@@ -938,6 +944,7 @@ impl Served {
         );
         let validator = match status {
             200 => &self.ok,
+            401 => &self.unauthenticated,
             503 => &self.failed,
             other => panic!("status {other}: {body:#}"),
         };
@@ -957,6 +964,7 @@ async fn every_reason_the_gate_serves_matches_the_response_schemas() {
     let doc = openapi();
     let mut served = Served {
         ok: execute_response(&doc, 200),
+        unauthenticated: execute_response(&doc, 401),
         failed: execute_response(&doc, 503),
         reasons: Vec::new(),
     };
@@ -1094,6 +1102,45 @@ async fn every_reason_the_gate_serves_matches_the_response_schemas() {
     drop(slow);
     checked += 3;
 
+    // Callers: a sidecar pinned to one profile, and a gate that wants bearer tokens.
+    let pinned = TestGate::start_with(Options {
+        bindings: Some(ecl_gate::caller::Bindings {
+            bindings: vec![ecl_gate::caller::Binding {
+                caller: ecl_gate::caller::Pattern::new("anonymous"),
+                profiles: vec![ecl_gate::caller::ProfilePattern::parse("example@1.0.0").unwrap()],
+                principals: vec![ecl_gate::caller::PrincipalPattern::parse("agent:*")],
+            }],
+        }),
+        ..Options::default()
+    })
+    .await;
+    let (status, answer) = pinned.execute(bytes_of(&cases[9].0)).await;
+    served.check(status, &answer, "DENY", "CALLER_NOT_PERMITTED");
+    let authenticated = TestGate::start_with(Options {
+        auth: ecl_gate::config::auth::AuthConfig {
+            jwt: Some(ecl_gate::config::auth::JwtConfig {
+                issuer: "https://issuer.test".into(),
+                audience: "ecl-gate".into(),
+                jwks_file: None,
+                pem_keys: vec![ecl_gate::config::auth::PemKey {
+                    kid: "ed-1".into(),
+                    alg: ecl_gate::config::auth::JwtAlgorithm::EdDsa,
+                    file: repo("tests/fixtures/callers/ed.pub.pem"),
+                }],
+                clock_skew: std::time::Duration::from_secs(30),
+                cache_entries: 10,
+                max_token_bytes: 8192,
+                reload_interval: std::time::Duration::from_secs(1),
+            }),
+            mtls: false,
+        },
+        ..Options::default()
+    })
+    .await;
+    let (status, answer) = authenticated.execute(bytes_of(&allow)).await;
+    served.check(status, &answer, "DENY", "CALLER_UNAUTHENTICATED");
+    checked += 2;
+
     let panicking = TestGate::start_with(Options {
         decide: Some(panicking_decide),
         ..Options::default()
@@ -1126,7 +1173,7 @@ async fn every_reason_the_gate_serves_matches_the_response_schemas() {
         "served bodies valid: {checked} ({} reason codes)",
         served.reasons.len()
     );
-    assert_eq!(checked, 22);
+    assert_eq!(checked, 24);
 }
 
 #[test]
@@ -1239,7 +1286,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 42);
+    assert_eq!(keys, 56);
 }
 
 #[test]
@@ -1254,6 +1301,10 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[log]\nformat = \"json\"\nlevel = \"ecl_gate=debug\"",
         "shutdown_grace_ms = 0",
         "[escalations]\nnotify = \"\"\nqueue_capacity = 1",
+        "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"https://kubernetes.default.svc\"\naudience = \"ecl-gate\"\njwks_file = \"/etc/ecl-gate/jwks.json\"",
+        "[auth.jwt.keys.k1]\nfile = \"k1.pem\"\nalg = \"ES256\"",
+        "[[bindings]]\ncaller = \"anonymous\"\nprofiles = [\"example@1.*\"]\nprincipals = [\"agent:*\", \"{caller}\"]",
+        "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nclient_ca_file = \"agents-ca.pem\"\n[auth]\nmethods = [\"mtls\"]",
     ];
     for text in good {
         config_loads(text).unwrap_or_else(|err| panic!("gate refuses `{text}`: {err}"));
@@ -1291,6 +1342,21 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[escalations]\nnotify = \"ftp://approver/x\"",
         "[escalations]\nqueue_capacity = 0",
         "[escalations]\ntimeout_ms = 600001",
+        "[listen_tls]\nkey_file = \"gate.key\"",
+        "[listen_tls]\ncert_file = \"gate.pem\"",
+        "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nreload_interval_ms = 10",
+        "[auth]\nmethods = []",
+        "[auth]\nmethods = [\"none\", \"jwt\"]",
+        "[auth]\nmethods = [\"jwt\"]",
+        "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"i\"\naudience = \"\"\njwks_file = \"j.json\"",
+        "[auth.jwt]\nclock_skew = \"soon\"",
+        "[auth.jwt]\nmax_token_bytes = 100",
+        "[auth.jwt.keys.k1]\nfile = \"k1.pem\"\nalg = \"HS256\"",
+        "[[bindings]]\ncaller = \"x\"\nprofiles = []",
+        "[[bindings]]\ncaller = \"x\"\nprofiles = [\"noversion\"]",
+        "[[bindings]]\ncaller = \"\"\nprofiles = [\"a@1\"]",
+        "[[bindings]]\ncaller = \"x\"\nprofiles = [\"a@1\"]\nprincipals = []",
+        "[[bindings]]\ncaller = \"x\"\nprofile = [\"a@1\"]",
     ];
     for text in bad {
         assert!(config_loads(text).is_err(), "the gate accepts `{text}`");
@@ -1304,5 +1370,5 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         good.len(),
         bad.len()
     );
-    assert_eq!((good.len(), bad.len()), (8, 31));
+    assert_eq!((good.len(), bad.len()), (12, 46));
 }
