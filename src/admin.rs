@@ -3,7 +3,8 @@
 //! Endpoints:
 //! - `GET /healthz` — the process is alive and serving this listener: always 200.
 //! - `GET /readyz` — 200 when the execution listener is bound, the profiles root is readable
-//!   and the audit log takes writes; otherwise 503 with the failing checks named.
+//!   and the audit log takes writes; otherwise 503 with the failing checks named. A shared
+//!   single-use ledger that does not answer makes it 200 `degraded`, naming the ledger.
 //! - `GET /metrics` — Prometheus metrics (OpenMetrics text).
 //! - `GET /openapi.yaml` — the API description.
 //! - `GET /audit/checkpoint` — the newest signed checkpoint of the audit log's Merkle tree
@@ -118,6 +119,11 @@ fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
             metrics
                 .profiles_loaded
                 .set(i64::try_from(state.gate.profiles.loaded_count()).unwrap_or(i64::MAX));
+            if let Some(ledger) = &state.gate.used_tokens {
+                metrics
+                    .ledger_up
+                    .set(i64::from(ledger.unavailable().is_none()));
+            }
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -182,8 +188,27 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
             .unwrap_or_else(|| "writer stopped".to_owned());
         failing.push(Value::from(format!("audit log is failing: {why}")));
     }
+    // Degraded, not unready: calls that need no approval are still decided correctly, and
+    // taking every replica out of its Service because the shared database is down would turn
+    // a partial outage into a full one. Approved calls are denied meanwhile (fail closed).
+    let degraded = state.gate.used_tokens.as_ref().and_then(|ledger| {
+        ledger.unavailable().map(|why| {
+            Value::from(format!(
+                "single-use ledger is unavailable (approved calls are denied): {why}"
+            ))
+        })
+    });
     if failing.is_empty() {
-        json(StatusCode::OK, &Value::object([("status", "ready".into())]))
+        match degraded {
+            None => json(StatusCode::OK, &Value::object([("status", "ready".into())])),
+            Some(why) => json(
+                StatusCode::OK,
+                &Value::object([
+                    ("status", "degraded".into()),
+                    ("degraded", Value::Array(vec![why])),
+                ]),
+            ),
+        }
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub checkpoint_failures: Counter,
     pub in_flight: Gauge,
     pub profiles_loaded: Gauge,
+    pub ledger_up: Gauge,
+    pub ledger_spend_duration: Histogram,
+    pub ledger_failures: Counter,
 }
 
 /// Latency buckets from 25 µs to about 0.8 s.
@@ -110,6 +113,24 @@ impl Metrics {
             "Profile versions loaded and cached",
             profiles_loaded.clone(),
         );
+        let ledger_up = Gauge::default();
+        registry.register(
+            "ecl_approval_ledger_up",
+            "1 when the single-use ledger answered its last spend or probe, 0 when it did not (approved calls are denied); absent without approvals.single_use",
+            ledger_up.clone(),
+        );
+        let ledger_spend_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "ecl_approval_ledger_spend_duration_seconds",
+            "Time to spend one approval token in the single-use ledger",
+            ledger_spend_duration.clone(),
+        );
+        let ledger_failures = Counter::default();
+        registry.register(
+            "ecl_approval_ledger_failures",
+            "Spends the single-use ledger could not answer (each became a DENY)",
+            ledger_failures.clone(),
+        );
         registry.register(
             "ecl_build",
             "Version and build of this gate",
@@ -130,6 +151,9 @@ impl Metrics {
             checkpoint_failures,
             in_flight,
             profiles_loaded,
+            ledger_up,
+            ledger_spend_duration,
+            ledger_failures,
         }
     }
 

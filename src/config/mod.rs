@@ -82,6 +82,15 @@ pub struct RawApprovals {
     pub clock_skew: String,
     pub single_use: bool,
     pub used_path: PathBuf,
+    /// `""`: the file at `used_path`; `postgres://…`: a ledger shared by a fleet of gates.
+    pub ledger: String,
+    #[serde(default)]
+    pub ledger_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ledger_password_file: Option<PathBuf>,
+    pub ledger_pool_size: u64,
+    pub ledger_connect_timeout_ms: u64,
+    pub ledger_timeout_ms: u64,
     pub keys: std::collections::BTreeMap<String, RawApproverKey>,
 }
 
@@ -149,6 +158,12 @@ impl Default for RawConfig {
                 clock_skew: "30s".into(),
                 single_use: false,
                 used_path: "audit/used-approvals.jsonl".into(),
+                ledger: String::new(),
+                ledger_ca_file: None,
+                ledger_password_file: None,
+                ledger_pool_size: 8,
+                ledger_connect_timeout_ms: 5_000,
+                ledger_timeout_ms: 2_000,
                 keys: Default::default(),
             },
             log: RawLog {
@@ -195,10 +210,19 @@ pub struct Config {
     pub audit: AuditConfig,
     pub approvals: Approvals,
     /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
-    pub single_use_ledger: Option<PathBuf>,
+    pub single_use_ledger: Option<LedgerConfig>,
     pub log: LogConfig,
     /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
     pub proxy: Option<proxy::ProxyConfig>,
+}
+
+/// The single-use ledger (`approvals.ledger`).
+#[derive(Debug, Clone)]
+pub enum LedgerConfig {
+    /// One host: a locked, fsync'ed file (`approvals.used_path`).
+    File(PathBuf),
+    /// A fleet: one PostgreSQL table every gate spends tokens in.
+    Postgres(crate::postgres::PgSettings),
 }
 
 /// Bounds on what clients can make the gate hold at once.
@@ -402,14 +426,7 @@ impl RawConfig {
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("`{}`: {err}", self.log.level)));
         }
-        let single_use_ledger = if self.approvals.single_use {
-            if self.approvals.used_path.as_os_str().is_empty() {
-                return Err(invalid("approvals.used_path", "must not be empty"));
-            }
-            Some(self.approvals.used_path.clone())
-        } else {
-            None
-        };
+        let single_use_ledger = self.approvals.ledger()?;
         let approvals = self.approvals.validate()?;
         // Upstreams and grants are read (credentials, keys) only when they will be used.
         let proxy = match mode {
@@ -506,6 +523,75 @@ impl RawAudit {
 }
 
 impl RawApprovals {
+    /// `None` when `single_use` is off; a ledger URL without it is refused rather than ignored.
+    fn ledger(&self) -> Result<Option<LedgerConfig>, ConfigError> {
+        let url = self.ledger.trim();
+        if !self.single_use {
+            if !url.is_empty() {
+                return Err(invalid(
+                    "approvals.ledger",
+                    "is set but `approvals.single_use` is off: turn it on, or remove the ledger",
+                ));
+            }
+            return Ok(None);
+        }
+        if url.is_empty() {
+            if self.used_path.as_os_str().is_empty() {
+                return Err(invalid("approvals.used_path", "must not be empty"));
+            }
+            return Ok(Some(LedgerConfig::File(self.used_path.clone())));
+        }
+        if !crate::postgres::is_url(url) {
+            return Err(invalid(
+                "approvals.ledger",
+                "expected empty (the file at `approvals.used_path`) or a URL like \
+                 `postgres://user@host:5432/db`",
+            ));
+        }
+        let mut settings = crate::postgres::PgSettings::new(url);
+        settings.ca_file = self
+            .ledger_ca_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        settings.password_file = self
+            .ledger_password_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        settings.pool_size = to_usize(in_range(
+            "approvals.ledger_pool_size",
+            self.ledger_pool_size,
+            1..=1024,
+        )?);
+        settings.connect_timeout = Duration::from_millis(in_range(
+            "approvals.ledger_connect_timeout_ms",
+            self.ledger_connect_timeout_ms,
+            100..=600_000,
+        )?);
+        settings.statement_timeout = Duration::from_millis(in_range(
+            "approvals.ledger_timeout_ms",
+            self.ledger_timeout_ms,
+            10..=600_000,
+        )?);
+        settings.application_name = "ecl-gate ledger".into();
+        // The URL is parsed now so a typo stops the start; the password is read at connect.
+        let parsed: Result<tokio_postgres::Config, _> = url.parse();
+        if let Err(err) = parsed {
+            return Err(invalid(
+                "approvals.ledger",
+                format!("`{}`: {err}", crate::postgres::redact(url)),
+            ));
+        }
+        if let Some(path) = &settings.ca_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "approvals.ledger_ca_file",
+                    format!("`{}` is not a readable file", path.display()),
+                ));
+            }
+        }
+        Ok(Some(LedgerConfig::Postgres(settings)))
+    }
+
     fn validate(self) -> Result<Approvals, ConfigError> {
         let max_ttl = parse_duration("approvals.max_ttl", &self.max_ttl)?;
         let clock_skew = parse_duration("approvals.clock_skew", &self.clock_skew)?;

@@ -90,6 +90,39 @@ pub struct Decision {
     pub normalized_request: Option<Arc<Value>>,
     /// The approval this decision relied on, if a valid token was presented and needed.
     pub approval: Option<Approval>,
+    /// What the single-use ledger said about that approval; set after `decide`, by the I/O
+    /// around it, and audited so a replay applies the same outcome.
+    pub single_use: Option<SpendOutcome>,
+}
+
+/// The single-use ledger's answer for an approved call (`single_use` in the audit record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendOutcome {
+    /// The approval was spent by this call.
+    Spent,
+    /// Spent before, by this gate or another sharing the ledger: DENY `APPROVAL_INVALID`.
+    AlreadyUsed,
+    /// The ledger did not answer: DENY `INTERNAL_ERROR`, the approval left unspent.
+    LedgerUnavailable,
+}
+
+impl SpendOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpendOutcome::Spent => "spent",
+            SpendOutcome::AlreadyUsed => "already_used",
+            SpendOutcome::LedgerUnavailable => "ledger_unavailable",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SpendOutcome> {
+        match text {
+            "spent" => Some(SpendOutcome::Spent),
+            "already_used" => Some(SpendOutcome::AlreadyUsed),
+            "ledger_unavailable" => Some(SpendOutcome::LedgerUnavailable),
+            _ => None,
+        }
+    }
 }
 
 /// What an approver is asked to approve, and why (SPEC §5 `escalation`).
@@ -238,6 +271,7 @@ fn evaluate(
         detail: None,
         normalized_request: Some(Arc::clone(&request.normalized)),
         approval,
+        single_use: None,
     }
 }
 
@@ -275,6 +309,7 @@ impl Decision {
             detail,
             normalized_request: None,
             approval: None,
+            single_use: None,
         }
     }
 
@@ -299,6 +334,29 @@ impl Decision {
             ReasonCode::ApprovalInvalid,
             &format!("approval token `{jti}` was already used"),
         )
+    }
+
+    /// The same decision with the single-use ledger's answer recorded.
+    pub fn with_spend(self, outcome: SpendOutcome) -> Decision {
+        Decision {
+            single_use: Some(outcome),
+            ..self
+        }
+    }
+
+    /// The decision a ledger answer makes of a decision that relied on an approval: what
+    /// the gate does after the ledger, and what a replay does with the recorded answer.
+    pub fn after_spend(self, outcome: SpendOutcome) -> Decision {
+        match outcome {
+            SpendOutcome::Spent => self.with_spend(outcome),
+            SpendOutcome::AlreadyUsed => self.approval_already_used().with_spend(outcome),
+            SpendOutcome::LedgerUnavailable => self
+                .overridden(
+                    ReasonCode::InternalError,
+                    "single-use ledger unavailable: the approval was not spent; retry later",
+                )
+                .with_spend(outcome),
+        }
     }
 
     /// Everything but the audit block: what must be equal for equal inputs.

@@ -182,6 +182,9 @@ impl Decision {
                 record.insert("request".into(), Value::clone(request));
             }
         }
+        if let Some(outcome) = self.single_use {
+            record.insert("single_use".into(), outcome.as_str().into());
+        }
         record
     }
 
@@ -231,6 +234,9 @@ impl Decision {
             runtime.str("name", self.runtime.name);
             runtime.str("version", self.runtime.version);
             runtime.finish();
+        }
+        if let Some(outcome) = self.single_use {
+            record.str("single_use", outcome.as_str());
         }
         let mut moments = record.timestamps();
         moments.str("decided_at", &timestamps.decided_at);
@@ -306,6 +312,7 @@ mod tests {
             detail: None,
             normalized_request: None,
             approval: None,
+            single_use: None,
         };
         let deny = Decision {
             decision_type: DecisionType::Deny,

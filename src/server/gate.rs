@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::approval::UsedTokens;
 use crate::audit::AuditLog;
 use tokio::sync::Semaphore;
 
@@ -30,7 +29,7 @@ pub struct Gate {
     /// `log.include_args`: tool arguments in decision log lines.
     pub log_args: bool,
     /// The single-use ledger, when `approvals.single_use` is on.
-    pub used_tokens: Option<Arc<UsedTokens>>,
+    pub used_tokens: Option<crate::ledger::Ledger>,
     /// Proxy mode: forwards ALLOWed calls after their decision record is written.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }

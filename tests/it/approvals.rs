@@ -9,7 +9,7 @@ use ecl_gate::canonical::{self, Value};
 use crate::common::*;
 
 /// Runs `ecl-gate keygen` into `dir`; returns the kid and the approver config.
-fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
+pub fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
     let out = gate_command()
         .args(["keygen", "--out"])
         .arg(dir)
@@ -47,7 +47,7 @@ fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
     (kid, private, approvals)
 }
 
-fn approve(key: &Path, what: &[&str]) -> String {
+pub fn approve(key: &Path, what: &[&str]) -> String {
     let out = gate_command()
         .arg("approve")
         .arg("--key")
@@ -64,7 +64,7 @@ fn approve(key: &Path, what: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn deploy(request_id: &str, service: &str) -> Value {
+pub fn deploy(request_id: &str, service: &str) -> Value {
     request_for(
         "ops",
         "1.0.0",
@@ -74,7 +74,7 @@ fn deploy(request_id: &str, service: &str) -> Value {
     )
 }
 
-fn with_token(request: &Value, token: &str) -> Value {
+pub fn with_token(request: &Value, token: &str) -> Value {
     with(
         request.clone(),
         &["controls"],

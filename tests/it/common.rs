@@ -101,7 +101,9 @@ impl TestGate {
         }
         gate.context.approvals = options.approvals;
         if let Some(path) = options.single_use_ledger {
-            gate.used_tokens = Some(Arc::new(UsedTokens::open(&path).unwrap()));
+            gate.used_tokens = Some(ecl_gate::ledger::Ledger::File(Arc::new(
+                UsedTokens::open(&path).unwrap(),
+            )));
         }
         if let Some(proxy) = &options.proxy {
             gate.proxy = Some(Arc::new(ecl_gate::proxy::Proxy::new(proxy).unwrap()));

@@ -15,6 +15,8 @@ mod determinism;
 mod execute;
 mod hostile;
 mod internal;
+mod ledger_pg;
+mod pg;
 mod profiles;
 mod props;
 mod proxy;
