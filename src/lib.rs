@@ -25,4 +25,5 @@ pub mod reason;
 pub mod replay;
 pub mod request;
 pub mod server;
+pub mod ship;
 mod strict;

@@ -326,6 +326,10 @@ pub async fn ensure_schema(pool: &Pool, url: &str, schema: &Schema<'_>) -> Resul
         .transaction()
         .await
         .map_err(refused("cannot begin a transaction"))?;
+    // Quiet: `IF NOT EXISTS` would otherwise send a notice on every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(refused("cannot begin a transaction"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await
         .map_err(refused("cannot take the schema lock"))?;
@@ -396,4 +400,40 @@ pub async fn ensure_schema(pool: &Pool, url: &str, schema: &Schema<'_>) -> Resul
         .await
         .map_err(refused("cannot commit the schema"))?;
     Ok(())
+}
+
+/// One connection, for the command-line tools (`audit ship`, `audit verify --db`); its
+/// driver task runs on the current runtime.
+pub async fn connect(settings: &PgSettings) -> Result<tokio_postgres::Client, String> {
+    let config = client_config(settings).map_err(|e| e.to_string())?;
+    let tls = tls_connector(settings.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let (client, connection) = tokio::time::timeout(settings.connect_timeout, config.connect(tls))
+        .await
+        .map_err(|_| {
+            format!(
+                "cannot reach PostgreSQL at `{}`: no answer within {:?}",
+                redact(&settings.url),
+                settings.connect_timeout
+            )
+        })?
+        .map_err(|err| {
+            format!(
+                "cannot reach PostgreSQL at `{}`: {}",
+                redact(&settings.url),
+                describe(&err)
+            )
+        })?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %describe(&err), "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A pool of exactly one connection, for code written against [`ensure_schema`].
+pub fn single(settings: &PgSettings) -> Result<Pool, PgError> {
+    let mut one = settings.clone();
+    one.pool_size = 1;
+    pool(&one)
 }
