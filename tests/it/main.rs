@@ -22,6 +22,7 @@ mod props;
 mod proxy;
 mod replay;
 mod schemas;
+mod ship;
 mod vectors;
 
 /// The reference tool (examples/demo_tool.rs), compiled in so the bypass tests run against the
