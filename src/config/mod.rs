@@ -84,10 +84,10 @@ pub struct RawApprovals {
     pub used_path: PathBuf,
     /// `""`: the file at `used_path`; `postgres://…`: a ledger shared by a fleet of gates.
     pub ledger: String,
-    #[serde(default)]
-    pub ledger_ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub ledger_password_file: Option<PathBuf>,
+    /// `""`: the system's and Mozilla's roots.
+    pub ledger_ca_file: String,
+    /// `""`: the URL's password, else `PGPASSWORD`.
+    pub ledger_password_file: String,
     pub ledger_pool_size: u64,
     pub ledger_connect_timeout_ms: u64,
     pub ledger_timeout_ms: u64,
@@ -159,8 +159,8 @@ impl Default for RawConfig {
                 single_use: false,
                 used_path: "audit/used-approvals.jsonl".into(),
                 ledger: String::new(),
-                ledger_ca_file: None,
-                ledger_password_file: None,
+                ledger_ca_file: String::new(),
+                ledger_password_file: String::new(),
                 ledger_pool_size: 8,
                 ledger_connect_timeout_ms: 5_000,
                 ledger_timeout_ms: 2_000,
@@ -525,6 +525,23 @@ impl RawAudit {
 impl RawApprovals {
     /// `None` when `single_use` is off; a ledger URL without it is refused rather than ignored.
     fn ledger(&self) -> Result<Option<LedgerConfig>, ConfigError> {
+        // Ranges are checked whether or not PostgreSQL is used: a typo never waits for the
+        // day the ledger is switched on.
+        let pool_size = to_usize(in_range(
+            "approvals.ledger_pool_size",
+            self.ledger_pool_size,
+            1..=1024,
+        )?);
+        let connect_timeout = Duration::from_millis(in_range(
+            "approvals.ledger_connect_timeout_ms",
+            self.ledger_connect_timeout_ms,
+            100..=600_000,
+        )?);
+        let statement_timeout = Duration::from_millis(in_range(
+            "approvals.ledger_timeout_ms",
+            self.ledger_timeout_ms,
+            10..=600_000,
+        )?);
         let url = self.ledger.trim();
         if !self.single_use {
             if !url.is_empty() {
@@ -548,39 +565,21 @@ impl RawApprovals {
                  `postgres://user@host:5432/db`",
             ));
         }
-        let mut settings = crate::postgres::PgSettings::new(url);
-        settings.ca_file = self
-            .ledger_ca_file
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty());
-        settings.password_file = self
-            .ledger_password_file
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty());
-        settings.pool_size = to_usize(in_range(
-            "approvals.ledger_pool_size",
-            self.ledger_pool_size,
-            1..=1024,
-        )?);
-        settings.connect_timeout = Duration::from_millis(in_range(
-            "approvals.ledger_connect_timeout_ms",
-            self.ledger_connect_timeout_ms,
-            100..=600_000,
-        )?);
-        settings.statement_timeout = Duration::from_millis(in_range(
-            "approvals.ledger_timeout_ms",
-            self.ledger_timeout_ms,
-            10..=600_000,
-        )?);
-        settings.application_name = "ecl-gate ledger".into();
         // The URL is parsed now so a typo stops the start; the password is read at connect.
-        let parsed: Result<tokio_postgres::Config, _> = url.parse();
-        if let Err(err) = parsed {
+        if let Err(err) = url.parse::<tokio_postgres::Config>() {
             return Err(invalid(
                 "approvals.ledger",
                 format!("`{}`: {err}", crate::postgres::redact(url)),
             ));
         }
+        let path = |text: &str| (!text.trim().is_empty()).then(|| PathBuf::from(text));
+        let mut settings = crate::postgres::PgSettings::new(url);
+        settings.ca_file = path(&self.ledger_ca_file);
+        settings.password_file = path(&self.ledger_password_file);
+        settings.pool_size = pool_size;
+        settings.connect_timeout = connect_timeout;
+        settings.statement_timeout = statement_timeout;
+        settings.application_name = "ecl-gate ledger".into();
         if let Some(path) = &settings.ca_file {
             if !path.is_file() {
                 return Err(invalid(

@@ -600,9 +600,9 @@ fn every_openapi_example_validates_against_its_schema() {
         }
     }
     println!("openapi examples valid: {checked}");
-    // 5 requests, 5 decisions (200), 1 decision (503), 3 admin JSON bodies, 1 metrics text,
-    // 3 component examples.
-    assert_eq!(checked, 18);
+    // 5 requests, 5 decisions (200), 1 decision (503), 4 admin JSON bodies (ready, degraded,
+    // not ready, checkpoint off), 1 metrics text, 3 component examples.
+    assert_eq!(checked, 19);
 }
 
 /// The example answers are what the gate really answers to the example requests (all but the
@@ -1221,7 +1221,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 36);
+    assert_eq!(keys, 42);
 }
 
 #[test]
@@ -1235,6 +1235,7 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[approvals]\nmax_ttl = \"1h 30m\"\nclock_skew = \"1.5s\"\nsingle_use = true",
         "[log]\nformat = \"json\"\nlevel = \"ecl_gate=debug\"",
         "shutdown_grace_ms = 0",
+        "[approvals]\nsingle_use = true\nledger = \"postgres://gate@db:5432/ecl?sslmode=require\"",
     ];
     for text in good {
         config_loads(text).unwrap_or_else(|err| panic!("gate refuses `{text}`: {err}"));
@@ -1263,6 +1264,9 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[approvals]\nmax_ttl = \"one hour\"",
         "[approvals]\nclock_skew = \"30\"",
         "[approvals]\nsingle_use = true\nused_path = \"\"",
+        "[approvals]\nsingle_use = true\nledger = \"mysql://db/ecl\"",
+        "[approvals]\nledger_pool_size = 0",
+        "[approvals]\nledger_timeout_ms = 5",
         "[approvals.keys.k1]\npublic_key = \"x\"\nfile = \"k1.pub\"",
         "[approvals.keys.k1]",
         "[approvals.keys.k1]\npem = \"x\"",
@@ -1282,5 +1286,5 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         good.len(),
         bad.len()
     );
-    assert_eq!((good.len(), bad.len()), (7, 28));
+    assert_eq!((good.len(), bad.len()), (8, 31));
 }
