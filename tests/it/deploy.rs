@@ -468,10 +468,11 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
     }
 
     let mut gate_config = None;
-    for doc in docs
-        .iter()
-        .filter(|d| d["kind"].as_str() == Some("Deployment"))
-    {
+    for doc in docs.iter().filter(|d| {
+        matches!(d["kind"].as_str(), Some("Deployment" | "StatefulSet"))
+            // The example database is checked on its own (k8s_gateway_scales_out_…).
+            && d["metadata"]["name"].as_str() != Some("ecl-postgres")
+    }) {
         let name = str_of(&doc["metadata"]["name"]);
         let pod = &doc["spec"]["template"]["spec"];
         assert_ne!(pod["shareProcessNamespace"], Yaml::Bool(true), "{name}");
@@ -530,7 +531,34 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
                 "{container_name}"
             );
             let env = env_pairs(&container["env"]);
+            // Secrets read into env must be generated too.
+            for item in seq(&container["env"]) {
+                if let Some(secret) = item["valueFrom"]["secretKeyRef"]["name"].as_str() {
+                    assert!(
+                        generated.contains(secret),
+                        "{name}: `{secret}` is not generated"
+                    );
+                }
+            }
             let image = str_of(&container["image"]);
+            if container_name == "audit-shipper" {
+                // Same image, reads the audit volume only, holds no key or tool secret.
+                assert_eq!(image, IMAGE);
+                assert_eq!(
+                    seq(&container["args"])
+                        .iter()
+                        .take(2)
+                        .map(str_of)
+                        .collect::<Vec<_>>(),
+                    ["audit", "ship"]
+                );
+                for mount in seq(&container["volumeMounts"]) {
+                    assert_eq!(str_of(&mount["name"]), "audit");
+                    assert_eq!(mount["readOnly"], Yaml::Bool(true));
+                }
+                assert!(env.iter().all(|(k, _)| k == "PGPASSWORD"), "{env:?}");
+                continue;
+            }
             if is_gate {
                 assert_eq!(name, gate_pod);
                 assert_eq!(image, IMAGE);
@@ -634,7 +662,7 @@ fn k8s_sidecar_mounts_the_signing_key_into_the_gate_container_only() {
 #[test]
 fn k8s_gateway_admits_tool_ingress_from_gate_pods_only() {
     let (docs, _) = check_k8s("k8s/gateway", "ecl-gate");
-    let gate = find(&docs, "Deployment", "ecl-gate");
+    let gate = find(&docs, "StatefulSet", "ecl-gate");
     let gate_labels = &gate["spec"]["template"]["metadata"]["labels"];
     let tool = find(&docs, "Deployment", "demo-tool");
     let tool_labels = &tool["spec"]["template"]["metadata"]["labels"];
@@ -691,4 +719,86 @@ fn k8s_gateway_admits_tool_ingress_from_gate_pods_only() {
     {
         assert_eq!(&agent_labels[str_of(key)], value);
     }
+}
+
+#[test]
+fn k8s_gateway_scales_out_with_one_chain_per_replica_a_shipper_and_a_shared_database() {
+    let (docs, config) = check_k8s("k8s/gateway", "ecl-gate");
+    let gate = find(&docs, "StatefulSet", "ecl-gate");
+    let spec = &gate["spec"];
+    let replicas = spec["replicas"].as_u64().unwrap();
+    assert_eq!(replicas, 3);
+    let pod = &spec["template"]["spec"];
+    let labels = &spec["template"]["metadata"]["labels"];
+
+    // A volume per replica for the audit log, mounted where the log is; the stream is named
+    // after the pod (a StatefulSet pod's hostname is its name).
+    let claims = seq(&spec["volumeClaimTemplates"]);
+    assert_eq!(claims.len(), 1);
+    assert_eq!(str_of(&claims[0]["metadata"]["name"]), "audit");
+    assert!(seq(&pod["volumes"])
+        .iter()
+        .all(|v| str_of(&v["name"]) != "audit"));
+    let template = &config.audit.path_template;
+    assert!(template.contains("{hostname}"), "{template}");
+    let audit_dir = Path::new(template).parent().unwrap().to_str().unwrap();
+    let gate_container = containers(pod)
+        .into_iter()
+        .find(|c| str_of(&c["name"]) == "ecl-gate")
+        .unwrap();
+    let mount = |container: &Yaml| {
+        seq(&container["volumeMounts"])
+            .iter()
+            .find(|m| str_of(&m["name"]) == "audit")
+            .map(|m| str_of(&m["mountPath"]).to_owned())
+    };
+    assert_eq!(mount(gate_container).as_deref(), Some(audit_dir));
+
+    // The shipper follows exactly that directory into the database the ledger uses.
+    let shipper = containers(pod)
+        .into_iter()
+        .find(|c| str_of(&c["name"]) == "audit-shipper")
+        .expect("an audit-shipper beside the gate");
+    assert_eq!(mount(shipper).as_deref(), Some(audit_dir));
+    let args: Vec<&str> = seq(&shipper["args"]).iter().map(str_of).collect();
+    assert_eq!(args.last().copied(), Some(audit_dir));
+    let to = args[args.iter().position(|a| *a == "--to").unwrap() + 1];
+    match &config.single_use_ledger {
+        Some(ecl_gate::config::LedgerConfig::Postgres(settings)) => assert_eq!(settings.url, to),
+        other => panic!("the gateway shares a PostgreSQL ledger, found {other:?}"),
+    }
+    // The database those URLs name is the example's Service, and it is marked as an example.
+    let host = to.split('@').nth(1).unwrap().split(':').next().unwrap();
+    let db_service = find(&docs, "Service", host);
+    assert_eq!(
+        seq(&db_service["spec"]["ports"])[0]["port"].as_u64(),
+        Some(5432)
+    );
+    let postgres_yaml = read(&deploy("k8s/gateway/postgres.yaml"));
+    assert!(
+        postgres_yaml.starts_with("# EXAMPLE ONLY"),
+        "postgres.yaml must say it is an example"
+    );
+    let db = find(&docs, "StatefulSet", host);
+    assert_eq!(db["spec"]["replicas"].as_u64(), Some(1));
+
+    // Voluntary disruptions take at most one replica at a time.
+    let pdb = find(&docs, "PodDisruptionBudget", "ecl-gate");
+    let min_available = pdb["spec"]["minAvailable"].as_u64().unwrap();
+    assert!(min_available >= 1 && min_available < replicas);
+    for (key, value) in pdb["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(&labels[str_of(key)], value);
+    }
+
+    // SIGTERM comes after preStop; in-flight requests get shutdown_grace_ms; the kubelet
+    // waits for both before SIGKILL.
+    let pre_stop = gate_container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace * 1000 > pre_stop * 1000 + config.shutdown_grace.as_millis() as u64,
+        "terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} s + shutdown_grace {:?}",
+        config.shutdown_grace
+    );
 }
