@@ -24,7 +24,9 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// A config file for a gate with the shared ledger at `url` and the approver key in `keys`.
 fn ledger_config(dir: &Path, keys: &Path, kid: &str, url: &str, extra: &str) -> String {
-    let path = dir.join(format!("gate-{}.toml", url.len() + extra.len()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("gate-{n}.toml"));
     let public = keys.join(format!("{kid}.pub"));
     std::fs::write(
         &path,
@@ -373,4 +375,54 @@ fn a_start_against_a_ledger_it_cannot_use_is_refused_and_named() {
     let err = refused_start(&config);
     assert!(err.contains("schema version 7"), "{err}");
     assert!(err.contains("upgrade this ecl-gate"), "{err}");
+}
+
+#[test]
+fn the_ledger_speaks_tls_to_postgres_trusting_the_configured_ca_only() {
+    let test = "the_ledger_speaks_tls_to_postgres_trusting_the_configured_ca_only";
+    let cluster = match pg::Cluster::create() {
+        Ok(cluster) => cluster,
+        Err(err) => return pg::unavailable(test, &err),
+    };
+    // The server refuses connections without TLS from here on.
+    let ca = cluster.require_tls().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (kid, private, _) = keygen(keys.path());
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+        cluster.port
+    );
+
+    // Trusting the server's CA: a real handshake, then the ledger works.
+    let trusted = format!("ledger_ca_file = \"{}\"", ca.display());
+    let config = ledger_config(dir.path(), keys.path(), &kid, &url, &trusted);
+    let (gate, addr, _) = spawn_serve_with_admin(dir.path(), &[("ECL_CONFIG", &config)]);
+    let request = deploy("deploy-tls", "billing");
+    let token = token_for(&addr, &private, &request);
+    let body = canonical::to_canonical(&with_token(&request, &token));
+    assert_eq!(post(&addr, &body)["decision_type"].str(), "ALLOW");
+    assert_eq!(post(&addr, &body)["reason_code"].str(), "APPROVAL_INVALID");
+    stop(gate);
+
+    // Another CA: the certificate does not verify, and the start is refused (never downgraded).
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, pg::throwaway_ca_and_leaf().0).unwrap();
+    let untrusted = format!(
+        "ledger_ca_file = \"{}\"\nledger_connect_timeout_ms = 2000",
+        other.display()
+    );
+    let config = ledger_config(dir.path(), keys.path(), &kid, &url, &untrusted);
+    let err = refused_start(&config);
+    assert!(err.contains("cannot reach PostgreSQL"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // Without TLS the server turns the gate away, and the start is refused naming why.
+    let plain = url.replace("sslmode=require", "sslmode=disable");
+    let config = ledger_config(dir.path(), keys.path(), &kid, &plain, "");
+    let err = refused_start(&config);
+    assert!(
+        err.contains("no encryption") || err.contains("pg_hba.conf"),
+        "{err}"
+    );
 }

@@ -214,6 +214,44 @@ impl Cluster {
         Ok(())
     }
 
+    /// Turns TLS on with a certificate for 127.0.0.1 from a throwaway CA and refuses every
+    /// connection without TLS (`hostssl` only); restarts the server. Returns the CA's PEM file.
+    pub fn require_tls(&self) -> Result<PathBuf, String> {
+        let (ca_pem, cert_pem, key_pem) = throwaway_ca_and_leaf();
+        let data = self.data();
+        let ca = self.dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem).map_err(|e| e.to_string())?;
+        std::fs::write(data.join("server.crt"), cert_pem).map_err(|e| e.to_string())?;
+        std::fs::write(data.join("server.key"), key_pem).map_err(|e| e.to_string())?;
+        let mut conf =
+            std::fs::read_to_string(data.join("postgresql.conf")).map_err(|e| e.to_string())?;
+        conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(data.join("postgresql.conf"), conf).map_err(|e| e.to_string())?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .map_err(|e| e.to_string())?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        if self.as_postgres {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .map_err(|e| e.to_string())?;
+        }
+        self.stop()?;
+        self.start()?;
+        Ok(ca)
+    }
+
     /// Stops the server at once (`immediate`: like a crash, connections cut).
     pub fn stop(&self) -> Result<(), String> {
         self.run(
@@ -299,4 +337,24 @@ fn with_database_replaces_only_the_database() {
         "postgres://u:p@h:5432/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
+
+/// A CA (PEM) and a server certificate and key (PEM) for 127.0.0.1 signed by it.
+pub fn throwaway_ca_and_leaf() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        "ecl-gate PostgreSQL test CA (throwaway)",
+    );
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
 }
