@@ -44,8 +44,8 @@ VOLUME ["/var/lib/ecl-gate/audit"]
 USER 10001:10001
 EXPOSE 8000 9000
 # Readiness from the admin listener: the execution listener serves, profiles are readable and
-# the audit log takes writes. bash's /dev/tcp does the GET, so the image needs no curl.
+# the audit log takes writes. The binary probes itself, so the image needs no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9000 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
+  CMD ["/usr/local/bin/ecl-gate", "probe", "--timeout", "2s", "http://127.0.0.1:9000/readyz"]
 ENTRYPOINT ["/usr/local/bin/ecl-gate"]
 CMD ["serve"]

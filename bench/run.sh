@@ -48,8 +48,14 @@ if [ "$profile" = release ]; then
 else
   cargo build --quiet --bin ecl-gate --example ceiling
 fi
-bin=target/$profile/ecl-gate
-ceiling=target/$profile/examples/ceiling
+# Wherever cargo puts builds: CARGO_TARGET_DIR, a config's build.target-dir, or target/.
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+if [ ! -d "$target_dir" ]; then
+  echo "bench: cargo names no target directory (got \`$target_dir\`)" >&2
+  exit 1
+fi
+bin=$target_dir/$profile/ecl-gate
+ceiling=$target_dir/$profile/examples/ceiling
 # The gate under test; another build (say, before a change) can be compared against the same
 # ceiling and load generator.
 gate_bin=${BENCH_GATE_BIN:-$bin}

@@ -188,6 +188,11 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
             .unwrap_or_else(|| "writer stopped".to_owned());
         failing.push(Value::from(format!("audit log is failing: {why}")));
     }
+    if audit.checkpoints_stopped {
+        failing.push(Value::from(
+            "audit checkpoints stopped: the tree thread died; records are still written, restart the gate to sign checkpoints again",
+        ));
+    }
     // Degraded, not unready: calls that need no approval are still decided correctly, and
     // taking every replica out of its Service because the shared database is down would turn
     // a partial outage into a full one. Approved calls are denied meanwhile (fail closed).

@@ -208,6 +208,8 @@ pub struct AuditHealth {
     pub failures: u64,
     /// The last write or fdatasync error, kept after recovery for diagnosis.
     pub last_error: Option<String>,
+    /// Checkpoints are configured but no longer signed: the tree thread died.
+    pub checkpoints_stopped: bool,
 }
 
 /// Shared between the writer thread (which sets it) and every handle (which reads it).
@@ -216,6 +218,9 @@ struct HealthState {
     failing: AtomicBool,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Set when the tree thread ended before the log closed (only a panic does that): the
+    /// records are still written, but no checkpoint is signed until a restart.
+    checkpoints_stopped: AtomicBool,
 }
 
 impl HealthState {
@@ -376,6 +381,7 @@ impl AuditLog {
         } else {
             settings.sync
         };
+        let health = Arc::new(HealthState::default());
         let mut latest = None;
         let tree = match settings.checkpoints.clone() {
             Some(_) if !regular => {
@@ -398,11 +404,11 @@ impl AuditLog {
                 Some(tree::TreeFeed::spawn(
                     tree::open(&path, tail.next_seq, cp, durability, slot)?,
                     settings.observer.clone(),
+                    health.clone(),
                 )?)
             }
             None => None,
         };
-        let health = Arc::new(HealthState::default());
         let (tx, rx) = flume::bounded(settings.queue_capacity.max(1));
         let state = writer::Writer::new(
             wrap(file),
@@ -506,6 +512,7 @@ impl AuditLog {
             failing: self.is_failing(),
             failures: state.failures.load(Ordering::Relaxed),
             last_error: state.last_error.lock().ok().and_then(|e| e.clone()),
+            checkpoints_stopped: state.checkpoints_stopped.load(Ordering::Acquire),
         }
     }
 }

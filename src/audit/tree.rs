@@ -484,6 +484,7 @@ impl TreeFeed {
     pub fn spawn(
         mut state: TreeState,
         observer: Option<Arc<dyn AuditObserver>>,
+        health: Arc<super::HealthState>,
     ) -> Result<TreeFeed, AuditError> {
         if let Some(observer) = observer.as_ref().filter(|_| state.signed_size > 0) {
             // The newest stored checkpoint, from before the restart.
@@ -497,7 +498,10 @@ impl TreeFeed {
         let path = state.path.clone();
         let thread = std::thread::Builder::new()
             .name("ecl-audit-tree".into())
-            .spawn(move || state.run(rx, spare_tx))
+            .spawn(move || {
+                let _watch = PanicWatch(health);
+                state.run(rx, spare_tx);
+            })
             .map_err(AuditError::Spawn)?;
         Ok(TreeFeed {
             updates: Some(updates),
@@ -559,6 +563,20 @@ impl TreeFeed {
     /// Tells the final durable count, lets the thread sign its last checkpoint, and waits for it.
     pub fn finish(mut self, durable: u64) {
         self.durable(durable);
+    }
+}
+
+/// Marks the log's health when the tree thread unwinds, so `/readyz` can say checkpoints
+/// stopped; a normal end (the log closing) leaves it alone.
+struct PanicWatch(Arc<super::HealthState>);
+
+impl Drop for PanicWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .checkpoints_stopped
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 

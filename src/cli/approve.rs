@@ -66,6 +66,17 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kid `keygen` made a key with: it writes `<kid>.key`, so the file's name is the kid (with
+/// no `--kid`, `keygen`'s kid is the derived one and so is the name). A key from elsewhere,
+/// not named `<kid>.key`, signs with the kid derived from its public key.
+fn kid_of_key_file(path: &Path) -> Option<String> {
+    if path.extension()? != "key" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    crate::profile::is_valid_ref(stem).then(|| stem.to_owned())
+}
+
 pub struct ApproveArgs {
     pub key: PathBuf,
     pub kid: Option<String>,
@@ -84,7 +95,10 @@ pub fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
             args.key.display()
         )
     })?;
-    let kid = args.kid.unwrap_or_else(|| key_id(&key.verifying_key()));
+    let kid = match args.kid {
+        Some(kid) => kid,
+        None => kid_of_key_file(&args.key).unwrap_or_else(|| key_id(&key.verifying_key())),
+    };
     let intent_hash = match (args.intent_hash, args.request) {
         (Some(hash), None) => {
             if !hash.starts_with("sha256:") || hash.len() != 71 {

@@ -9,6 +9,7 @@ mod decide;
 mod grant;
 mod hash;
 mod load;
+mod probe;
 mod profiles;
 mod replay;
 mod serve;
@@ -81,7 +82,8 @@ enum Command {
         /// The approver's private key (PKCS#8 PEM, as written by `keygen`)
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// Key id in the token header; default: derived from the key
+        /// Key id in the token header; default: the kid `keygen` made the key with (its
+        /// `<kid>.key` file name), else derived from the key
         #[arg(long)]
         kid: Option<String>,
         /// The `escalation.intent_hash` to approve
@@ -113,6 +115,8 @@ enum Command {
     Grant(grant::GrantCommand),
     /// Send load to a running gate; report OK/FAIL, decisions, throughput and latency
     Load(Box<load::LoadArgs>),
+    /// GET a URL (e.g. the admin listener's /readyz); exit 0 on 2xx, 1 otherwise
+    Probe(probe::ProbeArgs),
 }
 
 pub const EXIT_PROBLEM: u8 = 1;
@@ -154,6 +158,7 @@ pub fn run() -> ExitCode {
         Command::Profiles(command) => profiles::run(command, config),
         Command::Grant(command) => grant::run(command),
         Command::Load(args) => load::run(&args),
+        Command::Probe(args) => probe::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -42,6 +42,9 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         }
     };
     init_logging(&config);
+    for name in crate::config::service_link_variables() {
+        tracing::debug!(%name, "ignoring a Kubernetes service-link variable");
+    }
 
     let profiles = ProfileStore::new(&config.profiles_root);
     preload_profiles(&profiles)?;

@@ -13,6 +13,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub mod proxy;
+mod words;
+
+pub(crate) use words::text;
 
 use crate::approval::{parse_public_key, Approvals};
 use crate::audit::SyncMode;
@@ -34,7 +37,7 @@ pub const MIN_ROTATE_INTERVAL_MS: u64 = 1000;
 pub enum ConfigError {
     #[error("config file `{0}` does not exist")]
     MissingFile(PathBuf),
-    #[error("{0}")]
+    #[error("{}", words::describe(.0))]
     Extract(Box<figment::Error>),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
@@ -54,8 +57,11 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    #[serde(deserialize_with = "text")]
     pub listen: String,
+    #[serde(deserialize_with = "text")]
     pub admin_listen: String,
+    #[serde(deserialize_with = "text")]
     pub mode: String,
     pub profiles_root: PathBuf,
     pub max_body_bytes: u64,
@@ -68,7 +74,7 @@ pub struct RawConfig {
     pub audit: RawAudit,
     pub approvals: RawApprovals,
     pub log: RawLog,
-    // Proxy mode (issue 4); validated in `crate::proxy::config`, used only with `mode = "proxy"`.
+    // Proxy mode; validated in `proxy` below, used only with `mode = "proxy"`.
     pub max_upstream_body_bytes: u64,
     pub upstreams: std::collections::BTreeMap<String, proxy::RawUpstream>,
     pub grants: proxy::RawGrants,
@@ -78,7 +84,9 @@ pub struct RawConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApprovals {
+    #[serde(deserialize_with = "text")]
     pub max_ttl: String,
+    #[serde(deserialize_with = "text")]
     pub clock_skew: String,
     pub single_use: bool,
     pub used_path: PathBuf,
@@ -107,13 +115,17 @@ pub struct RawApproverKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
+    #[serde(deserialize_with = "text")]
     pub path: String,
+    #[serde(deserialize_with = "text")]
     pub sync: String,
     pub sync_interval_ms: u64,
     pub include_request: bool,
     pub rotate_bytes: u64,
     pub rotate_interval_ms: u64,
+    #[serde(deserialize_with = "text")]
     pub origin: String,
+    #[serde(deserialize_with = "text")]
     pub checkpoint_key: String,
     pub checkpoint_every: u64,
     pub checkpoint_interval_ms: u64,
@@ -122,7 +134,9 @@ pub struct RawAudit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
+    #[serde(deserialize_with = "text")]
     pub level: String,
+    #[serde(deserialize_with = "text")]
     pub format: String,
     pub include_args: bool,
 }
@@ -293,7 +307,15 @@ impl Config {
 }
 
 /// The layered sources: defaults < TOML `file` < reference env names < `ECL_*`.
+///
+/// Kubernetes' service links are left out of `ECL_*` (see [`service_link_variables`]); every
+/// other unknown `ECL_*` name still stops the start, so a misspelt key is never ignored.
 pub fn figment(file: Option<&Path>) -> Figment {
+    let links: Vec<String> = service_link_variables()
+        .iter()
+        .filter_map(|name| name.strip_prefix("ECL_"))
+        .map(str::to_ascii_lowercase)
+        .collect();
     let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
@@ -311,9 +333,95 @@ pub fn figment(file: Option<&Path>) -> Figment {
         )
         .merge(
             Env::prefixed("ECL_")
-                .filter(|key| key != "config")
+                .filter(move |key| {
+                    key != "config" && !links.iter().any(|link| key == link.as_str())
+                })
                 .split("__"),
         )
+}
+
+/// The `ECL*` variables in this process's environment that Kubernetes injects for a Service
+/// whose name starts with `ecl` (`ecl-gate` → `ECL_GATE_SERVICE_HOST`, `ECL_GATE_PORT`,
+/// `ECL_GATE_PORT_8000_TCP_ADDR`, …), recognised by name *and* value: an address, a port or a
+/// `tcp://address:port` URL. A key of the gate's own with a service-link-like name but another
+/// kind of value (`ECL_ADMIN_PORT=9001`) is not one of them, and stays an unknown key.
+pub fn service_link_variables() -> Vec<String> {
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, value)| is_service_link(name, value))
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether `name=value` has the shape of a Kubernetes service-link variable (the kubelet's
+/// `makeLinkVariables` and `FromServices`): `{SVC}_SERVICE_HOST`, `{SVC}_SERVICE_PORT`,
+/// `{SVC}_SERVICE_PORT_{PORTNAME}`, `{SVC}_PORT`, `{SVC}_PORT_{N}_{PROTO}` and its `_ADDR`,
+/// `_PORT`, `_PROTO`, where `{SVC}` is the upper-cased Service name with `-` as `_`.
+pub fn is_service_link(name: &str, value: &str) -> bool {
+    let is_port = |v: &str| !v.is_empty() && v.len() <= 5 && v.bytes().all(|b| b.is_ascii_digit());
+    let is_host = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let is_proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    // `tcp://10.0.0.1:8000`, `udp://[fd00::1]:53`.
+    let is_url = |v: &str, port: Option<&str>| {
+        let Some((scheme, rest)) = v.split_once("://") else {
+            return false;
+        };
+        let Ok(addr) = rest.parse::<std::net::SocketAddr>() else {
+            return false;
+        };
+        is_proto(&scheme.to_ascii_uppercase()) && port.is_none_or(|p| p == addr.port().to_string())
+    };
+    if !name.starts_with("ECL") || name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return false;
+    }
+    // A DNS label, upper-cased: alphanumerics and `_`, never `_` at either end.
+    let service_named = |head: &str| {
+        !head.is_empty()
+            && !head.starts_with('_')
+            && !head.ends_with('_')
+            && head
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    };
+    // A Service or port may itself be named `…-service-…`: try every `_SERVICE_`.
+    for (at, _) in name.match_indices("_SERVICE_") {
+        let (service, tail) = (&name[..at], &name[at + "_SERVICE_".len()..]);
+        let matched = service_named(service)
+            && match tail {
+                "HOST" => is_host(value),
+                "PORT" => is_port(value),
+                _ => tail.strip_prefix("PORT_").is_some_and(service_named) && is_port(value),
+            };
+        if matched {
+            return true;
+        }
+    }
+    // `{SVC}_PORT` or `{SVC}_PORT_{N}_{PROTO}[_{FIELD}]`: find the `_PORT` that starts the tail.
+    let mut search = name;
+    while let Some(at) = search.rfind("_PORT") {
+        let (service, tail) = name.split_at(at);
+        search = service;
+        if !service_named(service) {
+            continue;
+        }
+        let parts: Vec<&str> = tail["_PORT".len()..].split('_').collect();
+        let matched = match parts.as_slice() {
+            [""] => is_url(value, None),
+            ["", port, proto] => is_port(port) && is_proto(proto) && is_url(value, Some(port)),
+            ["", port, proto, "ADDR"] => is_port(port) && is_proto(proto) && is_host(value),
+            ["", port, proto, "PORT"] => is_port(port) && is_proto(proto) && value == *port,
+            ["", port, proto, "PROTO"] => {
+                is_port(port) && is_proto(proto) && value.eq_ignore_ascii_case(proto)
+            }
+            _ => false,
+        };
+        if matched {
+            return true;
+        }
+    }
+    false
 }
 
 impl RawConfig {

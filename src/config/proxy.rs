@@ -44,6 +44,7 @@ const RESERVED_HEADERS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    #[serde(deserialize_with = "super::text")]
     pub url: String,
     #[serde(default)]
     pub method: Option<String>,
@@ -57,12 +58,59 @@ pub struct RawUpstream {
 }
 
 /// A header value: literal, or read at start from the environment or a file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RawHeaderValue {
     Literal(String),
     Env(EnvRef),
     File(FileRef),
+}
+
+/// By hand rather than `untagged`, whose only message is "data did not match any variant":
+/// this one says which of the three forms was meant and what is wrong with it.
+impl<'de> Deserialize<'de> for RawHeaderValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            #[serde(deserialize_with = "super::text")]
+            Text(String),
+            Table(BTreeMap<String, String>),
+        }
+        const FORMS: &str =
+            "a header value is text, `{ env = \"VAR\" }` or `{ file = \"/path\" }` (each with an optional `prefix`)";
+        let table = match Shape::deserialize(deserializer) {
+            Ok(Shape::Text(text)) => return Ok(RawHeaderValue::Literal(text)),
+            Ok(Shape::Table(table)) => table,
+            Err(_) => return Err(D::Error::custom(FORMS)),
+        };
+        if let Some(unknown) = table
+            .keys()
+            .find(|k| !matches!(k.as_str(), "env" | "file" | "prefix"))
+        {
+            return Err(D::Error::custom(format!(
+                "unknown key `{unknown}`: {FORMS}"
+            )));
+        }
+        let prefix = table.get("prefix").cloned();
+        match (table.get("env"), table.get("file")) {
+            (Some(env), None) => Ok(RawHeaderValue::Env(EnvRef {
+                env: env.clone(),
+                prefix,
+            })),
+            (None, Some(file)) => Ok(RawHeaderValue::File(FileRef {
+                file: PathBuf::from(file),
+                prefix,
+            })),
+            (Some(_), Some(_)) => Err(D::Error::custom(
+                "give `env` or `file`, not both: the value comes from one place",
+            )),
+            (None, None) => Err(D::Error::custom(format!(
+                "neither `env` nor `file`: {FORMS}"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +142,7 @@ pub struct RawGrants {
     /// when not given `--kid`).
     #[serde(default)]
     pub kid: Option<String>,
+    #[serde(deserialize_with = "super::text")]
     pub ttl: String,
 }
 

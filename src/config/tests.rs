@@ -139,3 +139,130 @@ fn rotation_is_off_by_default_and_set_from_file_or_environment() {
         Ok(())
     });
 }
+
+/// Kubernetes injects these for every Service in the namespace; a Service named `ecl-gate`
+/// (the gateway example's own) made the gate refuse to start and crash-loop.
+#[test]
+fn kubernetes_service_links_are_recognised_by_name_and_value() {
+    let links = [
+        ("ECL_GATE_SERVICE_HOST", "10.96.12.7"),
+        ("ECL_GATE_SERVICE_PORT", "8000"),
+        ("ECL_GATE_SERVICE_PORT_HTTP", "8000"),
+        ("ECL_GATE_SERVICE_PORT_ADMIN_HTTP", "9000"),
+        ("ECL_GATE_PORT", "tcp://10.96.12.7:8000"),
+        ("ECL_GATE_PORT_8000_TCP", "tcp://10.96.12.7:8000"),
+        ("ECL_GATE_PORT_8000_TCP_ADDR", "10.96.12.7"),
+        ("ECL_GATE_PORT_8000_TCP_PORT", "8000"),
+        ("ECL_GATE_PORT_8000_TCP_PROTO", "tcp"),
+        ("ECL_SERVICE_HOST", "fd00::12"),
+        ("ECL_PORT", "udp://[fd00::12]:53"),
+        ("ECL_SERVICE_X_SERVICE_HOST", "10.0.0.1"),
+        ("ECL_PORT_SERVICE_PORT_9000_SCTP_PORT", "9000"),
+    ];
+    for (name, value) in links {
+        assert!(is_service_link(name, value), "{name}={value}");
+    }
+    let not_links = [
+        // The gate's own keys, and typos of them, whatever their value.
+        ("ECL_LISTEN", "0.0.0.0:8000"),
+        ("ECL_AUDIT__SYNK", "never"),
+        ("ECL_ADMIN_PORT", "9001"),
+        ("ECL_GATE_PORT", "8000"),
+        ("ECL_GATE_SERVICE_HOST", "gate.example"),
+        ("ECL_GATE_SERVICE_PORT", "http"),
+        ("ECL_GATE_PORT_8000_TCP", "tcp://10.96.12.7:9000"),
+        ("ECL_GATE_PORT_8000_TCP_PORT", "9000"),
+        ("ECL_GATE_PORT_8000_HTTP_ADDR", "10.96.12.7"),
+        ("ECL_GATE_PORT_8000_TCP_PROTO", "udp"),
+        ("ECL_gate_SERVICE_HOST", "10.0.0.1"),
+        ("OTHER_SERVICE_HOST", "10.0.0.1"),
+        ("ECL__SERVICE_HOST", "10.0.0.1"),
+    ];
+    for (name, value) in not_links {
+        assert!(!is_service_link(name, value), "{name}={value}");
+    }
+}
+
+#[test]
+fn service_links_load_but_a_misspelt_key_beside_them_is_refused() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("ECL_GATE_SERVICE_HOST", "10.96.12.7");
+        jail.set_env("ECL_GATE_PORT", "tcp://10.96.12.7:8000");
+        jail.set_env("ECL_GATE_PORT_8000_TCP_ADDR", "10.96.12.7");
+        jail.set_env("ECL_AUDIT__SYNC", "never");
+        let config = Config::from_figment(figment(None)).expect("service links are ignored");
+        assert_eq!(config.audit.sync, crate::audit::SyncMode::Never);
+        jail.set_env("ECL_AUDIT__SYNK", "never");
+        let err = Config::from_figment(figment(None)).unwrap_err().to_string();
+        assert!(err.contains("unknown key `ECL_AUDIT__SYNK`"), "{err}");
+        Ok(())
+    });
+}
+
+/// Keys are named as the user wrote them: no figment profile prefix, the variable's own name
+/// for the environment, quoted TOML keys where a tool name has a dot.
+#[test]
+fn errors_name_keys_as_written_and_in_words() {
+    Jail::expect_with(|jail| {
+        jail.create_file("gate.toml", "[audit]\nsynk = \"never\"\n")?;
+        let err = load_in(jail, Some("gate.toml")).unwrap_err().to_string();
+        assert!(!err.contains("default."), "{err}");
+        assert!(err.contains("unknown key `audit.synk` in `"), "{err}");
+        jail.create_file("gate.toml", "max_body_bytes = \"x\"\n")?;
+        let err = load_in(jail, Some("gate.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid value for `max_body_bytes` in `")
+                && err.contains("found text `x`, expected a whole number, 0 or more"),
+            "{err}"
+        );
+
+        jail.create_file(
+            "proxy.toml",
+            "mode = \"proxy\"\n[upstreams.\"email.send\"]\nurl = \"http://127.0.0.1:1/\"\nheaders.x = { env = \"A\", file = \"/k\" }\n",
+        )?;
+        let err = load_in(jail, Some("proxy.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("`upstreams.\"email.send\".headers.x`")
+                && err.contains("give `env` or `file`, not both"),
+            "{err}"
+        );
+        assert!(!err.contains("untagged"), "{err}");
+
+        jail.set_env("ECL_MAX_BODY_BYTES", "-1");
+        let err = load_in(jail, None).unwrap_err().to_string();
+        assert!(
+            err.contains("`ECL_MAX_BODY_BYTES` (environment; `max_body_bytes` in a config file)"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+/// The environment has no types: `ECL_AUDIT__ORIGIN=12345` reaches a text key as a number and
+/// was refused ("expected a string"). It is the text it was; a fraction, which would not come
+/// back as written, says how to quote it.
+#[test]
+fn text_keys_take_numbers_from_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.set_env("ECL_AUDIT__ORIGIN", "12345");
+        jail.set_env("ECL_AUDIT__CHECKPOINT_KEY", "");
+        let raw: RawConfig = figment(None).extract().map_err(|e| e.to_string())?;
+        assert_eq!(raw.audit.origin, "12345");
+        jail.set_env("ECL_GRANTS__TTL", "30");
+        let err = load_in(jail, None).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_none_or(|e| !e.contains("expected a string")),
+            "{err:?}"
+        );
+        let raw: RawConfig = figment(None).extract().map_err(|e| e.to_string())?;
+        assert_eq!(raw.grants.ttl, "30");
+        jail.set_env("ECL_AUDIT__ORIGIN", "1.50");
+        let err = load_in(jail, None).unwrap_err().to_string();
+        assert!(err.contains("quote it"), "{err}");
+        jail.set_env("ECL_AUDIT__ORIGIN", "\"1.50\"");
+        let raw: RawConfig = figment(None).extract().map_err(|e| e.to_string())?;
+        assert_eq!(raw.audit.origin, "1.50");
+        Ok(())
+    });
+}

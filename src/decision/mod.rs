@@ -212,9 +212,10 @@ fn evaluate(
     };
 
     // Step 7: controls. A token is checked whenever this call could rely on it; a token the
-    // call does not need is ignored, as the reference ignores it.
+    // call does not need is ignored, as the reference ignores it. An empty token is no token
+    // (the reference's `if not token`): CONTROL_REQUIRED or ESCALATE, not APPROVAL_INVALID.
     let approval = match request.approval_token.as_deref() {
-        Some(token) if may_need_approval(tool) => {
+        Some(token) if !token.is_empty() && may_need_approval(tool) => {
             match context.approvals.verify(token, &request.intent_hash, now) {
                 Ok(approval) => Some(approval),
                 Err(err) => return deny(ReasonCode::ApprovalInvalid, ref_hash, err.to_string()),

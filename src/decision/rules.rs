@@ -3,6 +3,8 @@
 //! The first DENY rule that is violated, or any rule that cannot be evaluated, decides at once.
 //! Violated ESCALATE rules are collected; they matter only if no DENY check fails.
 
+use std::cmp::Ordering;
+
 use crate::canonical::{Number, Value};
 use crate::profile::{ArgRule, PathStep, RuleKind, Severity, ToolPolicy};
 
@@ -106,9 +108,9 @@ fn check_rule(rule: &ArgRule, args: &Value) -> Check {
         (RuleKind::String, Value::String(s)) => check_string(rule, s),
         (RuleKind::String, _) => wrong_type("a string"),
         // Python's bool is an int; the reference still refuses it, and so do we.
-        (RuleKind::Number, Value::Number(_)) => Check::Conforms,
+        (RuleKind::Number, Value::Number(number)) => check_bounds(rule, number),
         (RuleKind::Number, _) => wrong_type("a number"),
-        (RuleKind::Integer, Value::Number(Number::Int(_))) => Check::Conforms,
+        (RuleKind::Integer, Value::Number(number @ Number::Int(_))) => check_bounds(rule, number),
         (RuleKind::Integer, _) => wrong_type("an integer"),
         (RuleKind::Bool, Value::Bool(_)) => Check::Conforms,
         (RuleKind::Bool, _) => wrong_type("a boolean"),
@@ -125,6 +127,74 @@ fn check_rule(rule: &ArgRule, args: &Value) -> Check {
             "rule for `{}` has unknown type `{kind}`",
             rule.path
         )),
+    }
+}
+
+/// Inclusive `min`/`max`. A double, and an integer a double holds exactly, compare as the
+/// reference's `float(v) < min` does. A larger integer compares exactly against the bound:
+/// rounding it first (as `float()` does) could move it onto the bound and let it through, and
+/// beyond 1.8e308 `float()` fails. Exact comparison never allows what the rounded one refuses.
+fn check_bounds(rule: &ArgRule, number: &Number) -> Check {
+    if let Some(min) = rule
+        .min
+        .filter(|&min| compare(number, min) == Ordering::Less)
+    {
+        return Check::Violated(format!("is below the minimum {}", show(min)));
+    }
+    if let Some(max) = rule
+        .max
+        .filter(|&max| compare(number, max) == Ordering::Greater)
+    {
+        return Check::Violated(format!("is above the maximum {}", show(max)));
+    }
+    Check::Conforms
+}
+
+/// A bound as the profile's reader would write it (Python's `repr` of the float).
+fn show(bound: f64) -> String {
+    String::from_utf8_lossy(&crate::canonical::to_canonical(&Value::Number(
+        Number::Float(bound),
+    )))
+    .into_owned()
+}
+
+/// Orders a JSON number against a finite double, exactly.
+fn compare(number: &Number, bound: f64) -> Ordering {
+    let digits = match number {
+        // INVARIANT: canonical doubles are finite, and so are bounds (profile::parse).
+        Number::Float(value) => return value.partial_cmp(&bound).unwrap_or(Ordering::Equal),
+        Number::Int(digits) => digits,
+    };
+    // Up to 15 digits an integer is below 2^53, so the double is exact (and no String is made).
+    if digits.trim_start_matches('-').len() <= 15 {
+        if let Ok(small) = digits.parse::<i64>() {
+            return (small as f64)
+                .partial_cmp(&bound)
+                .unwrap_or(Ordering::Equal);
+        }
+    }
+    let floor = bound.floor();
+    // `{:.0}` of an integral double prints its exact decimal digits.
+    let floor_digits = if floor == 0.0 {
+        "0".to_owned()
+    } else {
+        format!("{floor:.0}")
+    };
+    match compare_integers(digits, &floor_digits) {
+        // Equal to the floor of a bound with a fraction is below the bound.
+        Ordering::Equal if floor != bound => Ordering::Less,
+        other => other,
+    }
+}
+
+/// Orders two canonical integers (optional `-`, no leading zeros, never `-0`).
+fn compare_integers(a: &str, b: &str) -> Ordering {
+    let magnitude = |a: &str, b: &str| a.len().cmp(&b.len()).then_with(|| a.cmp(b));
+    match (a.strip_prefix('-'), b.strip_prefix('-')) {
+        (None, None) => magnitude(a, b),
+        (Some(a), Some(b)) => magnitude(b, a),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
     }
 }
 

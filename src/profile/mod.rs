@@ -73,6 +73,10 @@ pub struct ArgRule {
     pub max_len: Option<u64>,
     pub min_len: Option<u64>,
     pub max_items: Option<u64>,
+    /// Inclusive bounds of `number` and `integer` rules, held as doubles as the reference's
+    /// `Optional[float]` holds them (SPEC's rule list omits them; the issue adds them).
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     pub one_of: Option<Vec<String>>,
     /// Compiled as `^(?:…)`: anchored at the start like Python's `re.match`.
     pub pattern: Option<Regex>,

@@ -139,6 +139,8 @@ fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
         "max_len",
         "min_len",
         "max_items",
+        "min",
+        "max",
         "enum",
         "pattern",
     ])?;
@@ -158,6 +160,8 @@ fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
     let max_len = rule.optional_count("max_len")?;
     let min_len = rule.optional_count("min_len")?;
     let max_items = rule.optional_count("max_items")?;
+    let min = bound(&rule, "min")?;
+    let max = bound(&rule, "max")?;
     let one_of = match rule.members.get("enum") {
         None => None,
         Some(Value::Array(items)) => Some(
@@ -204,9 +208,20 @@ fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
             "`{at}` sets `max_items`, which applies to arrays only"
         ));
     }
+    let numeric = matches!(kind, RuleKind::Number | RuleKind::Integer);
+    if (min.is_some() || max.is_some()) && known && !numeric {
+        return Err(format!(
+            "`{at}` sets `min` or `max`, which apply to `number` and `integer` rules only"
+        ));
+    }
     if let (Some(min), Some(max)) = (min_len, max_len) {
         if min > max {
             return Err(format!("`{at}` has `min_len` {min} above `max_len` {max}"));
+        }
+    }
+    if let (Some(low), Some(high)) = (min, max) {
+        if low > high {
+            return Err(format!("`{at}` has `min` {low} above `max` {high}"));
         }
     }
     Ok(ArgRule {
@@ -218,9 +233,35 @@ fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
         max_len,
         min_len,
         max_items,
+        min,
+        max,
         one_of,
         pattern,
     })
+}
+
+/// An optional numeric bound: any JSON number, rounded to the nearest double as Python's
+/// `float()` rounds it. `true` is not a bound (Python would read it as 1).
+fn bound(object: &Strict<'_, '_>, key: &str) -> Result<Option<f64>, String> {
+    match object.members.get(key) {
+        None => Ok(None),
+        Some(Value::Number(number)) => {
+            let bound = number.as_f64();
+            if bound.is_finite() {
+                Ok(Some(bound))
+            } else {
+                Err(format!(
+                    "`{}.{key}` is beyond the range of a double",
+                    object.at
+                ))
+            }
+        }
+        Some(other) => Err(format!(
+            "`{}.{key}` must be a number, found {}",
+            object.at,
+            other.type_name()
+        )),
+    }
 }
 
 /// An optional `"DENY"` / `"ESCALATE"` member; absent means DENY, as in the reference.

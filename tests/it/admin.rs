@@ -61,7 +61,7 @@ fn probes_metrics_and_openapi() {
         // Every record went through a committed batch; sequential requests, one per batch.
         "ecl_audit_batch_size_sum 6.0",
         "ecl_requests_in_flight 0",
-        "ecl_profiles_loaded 3",
+        "ecl_profiles_loaded 4",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

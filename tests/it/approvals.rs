@@ -47,6 +47,51 @@ pub fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
     (kid, private, approvals)
 }
 
+/// `keygen --kid alice` then `approve --key alice.key`: the token must carry `alice`, the kid
+/// the gate's config names the key by (it carried the derived kid, and the gate answered
+/// "signed with unknown key").
+#[tokio::test]
+async fn a_key_made_with_a_kid_signs_with_that_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gate_command()
+        .args(["keygen", "--kid", "alice", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(dir.path().join("alice.pub")).unwrap();
+    let approvals = Approvals {
+        keys: [("alice".to_owned(), parse_public_key(&public).unwrap())]
+            .into_iter()
+            .collect(),
+        ..Approvals::default()
+    };
+    let gate = TestGate::start_with(Options {
+        approvals,
+        ..Options::default()
+    })
+    .await;
+    let request = deploy("kid-1", "billing");
+    let escalated = gate.execute(bytes_of(&request)).await;
+    assert_eq!(escalated.1["decision_type"].str(), "ESCALATE");
+    let intent = escalated.1["escalation"]["intent_hash"].str().to_owned();
+    let token = approve(&dir.path().join("alice.key"), &["--intent-hash", &intent]);
+    let header = token.split('.').next().unwrap();
+    use base64::Engine;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    assert!(String::from_utf8(header)
+        .unwrap()
+        .contains(r#""kid":"alice""#));
+    let allowed = gate.execute(bytes_of(&with_token(&request, &token))).await;
+    assert_eq!(allowed.1["decision_type"].str(), "ALLOW", "{:?}", allowed.1);
+}
+
 pub fn approve(key: &Path, what: &[&str]) -> String {
     let out = gate_command()
         .arg("approve")
@@ -237,4 +282,48 @@ async fn a_ledger_that_cannot_be_written_fails_closed() {
     let record = gate.record_for(&denied);
     assert_eq!(record["reason_code"].str(), "INTERNAL_ERROR");
     assert!(record["approved_call"].is_null());
+}
+
+/// The reference treats an empty token as none (`if not token`): CONTROL_REQUIRED, or ESCALATE
+/// where `on_missing` says so, and never APPROVAL_INVALID. Each answer has its record.
+#[tokio::test]
+async fn an_empty_approval_token_is_a_missing_one() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, _, approvals) = keygen(keys.path());
+    let gate = TestGate::start_with(Options {
+        approvals,
+        ..Options::default()
+    })
+    .await;
+
+    let escalating = with_token(&deploy("empty-1", "billing"), "");
+    let (status, answer) = gate.execute(bytes_of(&escalating)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (answer["decision_type"].str(), answer["reason_code"].str()),
+        ("ESCALATE", "APPROVAL_REQUIRED"),
+        "{answer:?}"
+    );
+    let record = gate.record_for(&answer);
+    assert_eq!(record["decision_type"].str(), "ESCALATE");
+    assert_eq!(record["reason_code"].str(), "APPROVAL_REQUIRED");
+
+    let refund = request_for(
+        "finance-agent",
+        "2.1.0",
+        "empty-2",
+        "payments.refund",
+        Value::object([("transfer_id", "TX-0123456789abcdef".into())]),
+    );
+    let (status, answer) = gate.execute(bytes_of(&with_token(&refund, ""))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (answer["decision_type"].str(), answer["reason_code"].str()),
+        ("DENY", "CONTROL_REQUIRED"),
+        "{answer:?}"
+    );
+    let record = gate.record_for(&answer);
+    assert_eq!(record["decision_type"].str(), "DENY");
+    assert_eq!(record["reason_code"].str(), "CONTROL_REQUIRED");
+    assert_eq!(gate.records().len(), 2);
 }

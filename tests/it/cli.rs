@@ -64,11 +64,21 @@ fn profiles_check_reports_each_profile() {
         r#"{"profile_id":"p","profile_version":"2","default":"DENY","allowed_tools":[]}"#,
     )
     .unwrap();
+    // A reference profile with bounds the wrong way round: the rule is named.
+    std::fs::write(
+        dir.path().join("p/3.json"),
+        r#"{"profile_id":"p","profile_version":"3","default":"DENY","allowed_tools":[{"name":"pay","constraints":{"arg_rules":[{"path":"$.amount","type":"number","min":10,"max":1}]}}]}"#,
+    )
+    .unwrap();
     let (code, out, _) = run(&["profiles", "check", dir.path().to_str().unwrap()], b"");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("invalid  p 1: "), "{out}");
     assert!(out.contains("ok       p 2 "), "{out}");
-    assert!(out.contains("2 profiles, 1 invalid"), "{out}");
+    assert!(
+        out.contains("invalid  p 3: profile `p` version `3` is invalid: `allowed_tools[0].constraints.arg_rules[0]` has `min` 10 above `max` 1"),
+        "{out}"
+    );
+    assert!(out.contains("3 profiles, 2 invalid"), "{out}");
 }
 
 #[tokio::test]
@@ -182,6 +192,39 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
         records[0]["integrity"]["record_hash"],
         answer["audit"]["record_hash"]
     );
+}
+
+/// The Dockerfile's HEALTHCHECK: `ecl-gate probe` against the admin listener, exit 0 or 1.
+#[test]
+fn probe_is_a_health_check_that_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _, admin) = spawn_serve_with_admin(dir.path(), &[]);
+    let probe = |url: &str| {
+        let out = gate_command()
+            .args(["probe", "--timeout", "2s", url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        probe(&format!("http://{admin}/readyz")),
+        (Some(0), String::new())
+    );
+    let (code, err) = probe(&format!("http://{admin}/no-such-page"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "{err}");
+    let (code, err) = probe(&format!("https://{admin}/readyz"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("only http://"), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Nothing listens any more.
+    let (code, err) = probe(&format!("http://{admin}/readyz"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot connect"), "{err}");
 }
 
 #[test]

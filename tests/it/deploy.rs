@@ -15,6 +15,7 @@ use ecl_gate::proxy::missing_upstream;
 use figment::Jail;
 use serde_yaml::Value as Yaml;
 
+use crate::common::ValueExt as _;
 use crate::demo_tool;
 
 /// The image every deploy file runs, as the Dockerfile's header builds it.
@@ -121,8 +122,12 @@ fn the_dockerfile_is_multi_stage_slim_non_root_with_port_and_healthcheck() {
         "admin port: {expose}"
     );
     assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK")));
-    // The health check asks the admin listener for readiness, not just for an open port.
-    assert!(text.contains("/dev/tcp/127.0.0.1/9000") && text.contains("GET /readyz"));
+    // The health check asks the admin listener for readiness, not just for an open port, with
+    // the binary itself (the image has no curl; tests/it/cli.rs runs the same probe).
+    assert!(
+        text.contains(r#"CMD ["/usr/local/bin/ecl-gate", "probe", "--timeout", "2s", "http://127.0.0.1:9000/readyz"]"#),
+        "{text}"
+    );
     assert!(text.contains("ECL_ADMIN_LISTEN=0.0.0.0:9000"));
     assert!(text.contains(&format!("docker build -t {IMAGE} .")));
     // The binaries compose and Kubernetes start are the ones built and copied.
@@ -481,6 +486,7 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
             Yaml::Bool(false),
             "{name}"
         );
+        assert_eq!(pod["enableServiceLinks"], Yaml::Bool(false), "{name}");
         let labels = &doc["spec"]["template"]["metadata"]["labels"];
         assert_eq!(
             &doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
@@ -572,7 +578,10 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
                 );
                 // The image's ENV first, the container's env over it (Kubernetes' order); env
                 // wins over the file, so the container's ECL_LISTEN decides the address.
+                // The service links come first, as the kubelet sets them; they must load even
+                // where `enableServiceLinks: false` is forgotten.
                 let mut env_all = dockerfile_env(&read(&root().join("Dockerfile")));
+                env_all.extend(service_links(&docs));
                 env_all.extend(env);
                 let env = env_all;
                 let config =
@@ -623,6 +632,89 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
         None
     );
     (docs, config)
+}
+
+/// What the kubelet injects into every pod for every Service in its namespace (when
+/// `enableServiceLinks` is on, the default): `{SVC}_SERVICE_HOST`, `{SVC}_SERVICE_PORT`,
+/// `{SVC}_SERVICE_PORT_{NAME}` per named port, `{SVC}_PORT` and `{SVC}_PORT_{N}_{PROTO}` with
+/// `_PROTO`, `_PORT` and `_ADDR`.
+fn service_links(docs: &[Yaml]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let services = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Service"));
+    for (index, service) in services.enumerate() {
+        let name = str_of(&service["metadata"]["name"])
+            .to_ascii_uppercase()
+            .replace('-', "_");
+        let ip = format!("10.96.0.{}", 10 + index);
+        let ports = seq(&service["spec"]["ports"]);
+        for (i, port) in ports.iter().enumerate() {
+            let number = port["port"].as_u64().unwrap().to_string();
+            let proto = port["protocol"].as_str().unwrap_or("TCP").to_owned();
+            let url = format!("{}://{ip}:{number}", proto.to_ascii_lowercase());
+            if i == 0 {
+                env.push((format!("{name}_SERVICE_HOST"), ip.clone()));
+                env.push((format!("{name}_SERVICE_PORT"), number.clone()));
+                env.push((format!("{name}_PORT"), url.clone()));
+            }
+            if let Some(port_name) = port["name"].as_str() {
+                let port_name = port_name.to_ascii_uppercase().replace('-', "_");
+                env.push((format!("{name}_SERVICE_PORT_{port_name}"), number.clone()));
+            }
+            let prefix = format!("{name}_PORT_{number}_{proto}");
+            env.push((prefix.clone(), url));
+            env.push((format!("{prefix}_PROTO"), proto.to_ascii_lowercase()));
+            env.push((format!("{prefix}_PORT"), number.clone()));
+            env.push((format!("{prefix}_ADDR"), ip.clone()));
+        }
+    }
+    env
+}
+
+/// The gateway example names its Service `ecl-gate`, so every pod started after it gets
+/// `ECL_GATE_*` variables; the gate refused them as unknown keys and crash-looped on restart.
+#[test]
+fn the_real_binary_starts_with_kubernetes_service_links_and_still_refuses_a_typo() {
+    let links = service_links(&docs_in("k8s/gateway"));
+    assert!(
+        links
+            .iter()
+            .any(|(k, _)| k == "ECL_GATE_PORT_8000_TCP_ADDR"),
+        "{links:?}"
+    );
+    let pairs: Vec<(&str, &str)> = links
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = crate::cli::spawn_serve(dir.path(), &pairs);
+    let body = ecl_gate::canonical::to_canonical(&crate::common::request(
+        "k8s-1",
+        "email.send",
+        crate::common::email_args("bob@example.com", "hi"),
+    ));
+    let answer = crate::cli::post(&addr, &body);
+    assert_eq!(answer["decision_type"].str(), "ALLOW", "{answer:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = crate::common::gate_command()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("ECL_LISTEN", "127.0.0.1:0")
+        .env("ECL_ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(pairs.iter().copied())
+        .env("ECL_AUDIT__SYNK", "never")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("synk"), "{err}");
+    assert!(
+        !err.contains("ECL_GATE"),
+        "a service link was reported: {err}"
+    );
 }
 
 fn find_kustomization(docs: &[Yaml]) -> &Yaml {

@@ -433,3 +433,52 @@ pub fn assert_verify_ok(path: &Path, records: u64) {
         .unwrap_or_else(|failure| panic!("audit verify failed: {failure}"));
     assert_eq!(report.records, records);
 }
+
+/// A reference profile's amount limit (`min`/`max` on a number rule) over HTTP: refused
+/// outside the bounds, with the record saying so, and allowed on the bound.
+#[tokio::test]
+async fn number_bounds_decide_and_are_recorded() {
+    let gate = TestGate::start().await;
+    let transfer = |id: &str, amount: Value| {
+        request_for(
+            "finance-agent",
+            "2.2.0",
+            id,
+            "payments.transfer",
+            Value::object([
+                ("currency", "EUR".into()),
+                ("amount", amount),
+                ("memo", "rent".into()),
+                (
+                    "beneficiary",
+                    Value::object([("iban", "DE89370400440532013000".into())]),
+                ),
+                ("approvers", Value::Array(vec!["ana".into()])),
+                ("dry_run", false.into()),
+            ]),
+        )
+    };
+    let (_, over) = gate
+        .execute(bytes_of(&transfer("bound-1", Value::from(20000i64))))
+        .await;
+    assert_eq!(
+        (over["decision_type"].str(), over["reason_code"].str()),
+        ("DENY", "CONSTRAINT_VIOLATION"),
+        "{over:?}"
+    );
+    assert!(
+        over["detail"]
+            .str()
+            .contains("`$.amount` is above the maximum 10000.0"),
+        "{over:?}"
+    );
+    let record = gate.record_for(&over);
+    assert_eq!(record["reason_code"].str(), "CONSTRAINT_VIOLATION");
+    assert_eq!(record["profile_version"].str(), "2.2.0");
+
+    let (_, at_max) = gate
+        .execute(bytes_of(&transfer("bound-2", Value::from(10000i64))))
+        .await;
+    assert_eq!(at_max["decision_type"].str(), "ALLOW", "{at_max:?}");
+    assert_eq!(gate.record_for(&at_max)["decision_type"].str(), "ALLOW");
+}

@@ -137,6 +137,9 @@ fn invalid_profiles_are_refused_with_a_reason() {
         ("bad path", r#"{"profile_id":"p","profile_version":"1","default":"DENY","allowed_tools":[{"name":"s","constraints":{"arg_rules":[{"path":"to","type":"string"}]}}]}"#.into(), "must start with `$`"),
         ("string check on a number", r#"{"profile_id":"p","profile_version":"1","default":"DENY","allowed_tools":[{"name":"s","constraints":{"arg_rules":[{"path":"$.n","type":"number","max_len":3}]}}]}"#.into(), "strings only"),
         ("negative max_len", r#"{"profile_id":"p","profile_version":"1","default":"DENY","allowed_tools":[{"name":"s","constraints":{"arg_rules":[{"path":"$.n","type":"string","max_len":-1}]}}]}"#.into(), "non-negative"),
+        ("min above max", r#"{"profile_id":"p","profile_version":"1","default":"DENY","allowed_tools":[{"name":"s","constraints":{"arg_rules":[{"path":"$.n","type":"number","min":5,"max":2.5}]}}]}"#.into(), "`allowed_tools[0].constraints.arg_rules[0]` has `min` 5 above `max` 2.5"),
+        ("min on a string rule", r#"{"profile_id":"p","profile_version":"1","default":"DENY","allowed_tools":[{"name":"s","constraints":{"arg_rules":[{"path":"$.n","type":"string","min":1}]}}]}"#.into(), "`allowed_tools[0].constraints.arg_rules[0]` sets `min` or `max`, which apply to `number` and `integer` rules only"),
+        ("max as a string", r#"{"profile_id":"p","profile_version":"1","default":"DENY","allowed_tools":[{"name":"s","constraints":{"arg_rules":[{"path":"$.n","type":"number","max":"10"}]}}]}"#.into(), "`allowed_tools[0].constraints.arg_rules[0].max` must be a number, found string"),
         ("approval flag as string", r#"{"profile_id":"p","profile_version":"1","default":"DENY","allowed_tools":[{"name":"s","required_controls":{"approval_token":"yes"}}]}"#.into(), "must be a boolean"),
     ];
     for (name, text, message) in cases {

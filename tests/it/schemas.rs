@@ -209,9 +209,10 @@ fn profiles_the_loader_accepts_the_schema_accepts() {
                           "enum": [], "pattern": "x", "required": true, "on_violation": "ESCALATE" },
                         { "path": "$.list", "type": "array", "max_items": 0, "on_violation": "DENY" },
                         { "path": "$.o", "type": "object" },
-                        { "path": "$.f", "type": "number" },
+                        { "path": "$.f", "type": "number", "min": -1.5, "max": 1e300 },
+                        { "path": "$.g", "type": "number", "min": 2, "max": 2 },
                         { "path": "$.b", "type": "bool" },
-                        { "path": "$[3]", "type": "integer" },
+                        { "path": "$[3]", "type": "integer", "min": 0 },
                         { "path": "$.weird]key", "type": "string" }
                     ] }
                 })),
@@ -369,6 +370,19 @@ fn profiles_the_loader_refuses_the_schema_refuses() {
             rule(json!({ "path": "$.o", "type": "object", "max_items": 2 })),
         ),
         (
+            "min a string",
+            rule(json!({ "path": "$.n", "type": "number", "min": "1" })),
+        ),
+        (
+            "max a bool",
+            rule(json!({ "path": "$.n", "type": "number", "max": true })),
+        ),
+        ("min on a string rule", s("$.to", json!({ "min": 1 }))),
+        (
+            "max on a bool rule",
+            rule(json!({ "path": "$.b", "type": "bool", "max": 1 })),
+        ),
+        (
             "max_len on a number rule",
             rule(json!({ "path": "$.n", "type": "number", "max_len": 2 })),
         ),
@@ -398,7 +412,7 @@ fn profiles_the_loader_refuses_the_schema_refuses() {
         refused += 1;
     }
     println!("bad profiles refused by loader and schema: {refused}");
-    assert_eq!(refused, 50);
+    assert_eq!(refused, 54);
 }
 
 /// The one deliberate difference: the loader keeps an unknown rule type (as the reference does)
@@ -428,6 +442,10 @@ fn what_only_the_loader_catches() {
             "min_len above max_len",
             rule(json!({ "path": "$.s", "type": "string", "min_len": 5, "max_len": 2 }))
                 .to_string(),
+        ),
+        (
+            "min above max",
+            rule(json!({ "path": "$.n", "type": "number", "min": 5, "max": 2.5 })).to_string(),
         ),
         (
             "look-behind regex",
@@ -600,9 +618,9 @@ fn every_openapi_example_validates_against_its_schema() {
         }
     }
     println!("openapi examples valid: {checked}");
-    // 5 requests, 5 decisions (200), 1 decision (503), 4 admin JSON bodies (ready, degraded,
+    // 5 requests, 6 decisions (200), 1 decision (503), 4 admin JSON bodies (ready, degraded,
     // not ready, checkpoint off), 1 metrics text, 3 component examples.
-    assert_eq!(checked, 19);
+    assert_eq!(checked, 20);
 }
 
 /// The example answers are what the gate really answers to the example requests (all but the

@@ -68,7 +68,8 @@ fn failing_is_set_by_a_refused_batch_and_cleared_by_the_next_good_one() {
         AuditHealth {
             failing: false,
             failures: 0,
-            last_error: None
+            last_error: None,
+            checkpoints_stopped: false
         }
     );
     faults.lock().unwrap().fail_syncs = 1;

@@ -325,3 +325,42 @@ fn tree_append_throughput() {
         );
     }
 }
+
+/// Panics on the first signed checkpoint, as a bug in the tree thread would.
+#[derive(Debug)]
+struct PanicsOnCheckpoint;
+
+impl AuditObserver for PanicsOnCheckpoint {
+    fn batch_committed(&self, _records: usize) {}
+    fn synced(&self, _took: Duration) {}
+    #[allow(clippy::panic)]
+    fn checkpoint_signed(&self, _size: u64) {
+        panic!("test: the tree thread dies");
+    }
+}
+
+/// `/readyz` reads `checkpoints_stopped`: with checkpoints configured, a dead tree thread must
+/// not leave the gate looking healthy while nothing is signed any more.
+#[test]
+fn a_dead_tree_thread_is_reported_and_records_are_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let rt = rt();
+    let mut settings = with_checkpoints(&path, SyncMode::Always, 2);
+    settings.observer = Some(Arc::new(PanicsOnCheckpoint));
+    let log = AuditLog::open(settings).unwrap();
+    assert!(!log.health().checkpoints_stopped);
+    append_n(&log, &rt, 0, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log.health().checkpoints_stopped {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead tree thread was never reported"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!log.health().failing, "records are still taken");
+    append_n(&log, &rt, 2, 3);
+    drop(log);
+    assert_eq!(lines(&path).len(), 5);
+}
