@@ -236,7 +236,15 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
 pub fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
     match err {
         deadpool_postgres::PoolError::Backend(err) => describe(err),
-        deadpool_postgres::PoolError::Timeout(_) => "timed out waiting for a connection".into(),
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create) => {
+            "timed out opening a connection".into()
+        }
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Recycle) => {
+            "timed out checking a pooled connection".into()
+        }
+        deadpool_postgres::PoolError::Timeout(_) => {
+            "timed out waiting for a free connection".into()
+        }
         other => other.to_string(),
     }
 }

@@ -31,13 +31,12 @@ impl Ledger {
     pub async fn spend(&self, approval: &Approval, now: u64) -> Result<Spend, LedgerUnavailable> {
         match self {
             Ledger::File(file) => {
-                let file = Arc::clone(file);
-                let approval = approval.clone();
-                match tokio::task::spawn_blocking(move || file.spend(&approval, now)).await {
+                let (spender, approval) = (Arc::clone(file), approval.clone());
+                match tokio::task::spawn_blocking(move || spender.spend(&approval, now)).await {
                     Ok(Ok(spend)) => Ok(spend),
                     Ok(Err(err)) => Err(LedgerUnavailable(format!(
                         "cannot write `{}`: {err}",
-                        file_path_hint()
+                        file.path().display()
                     ))),
                     Err(_) => Err(LedgerUnavailable("the ledger task failed".into())),
                 }
@@ -60,9 +59,4 @@ impl Ledger {
             Ledger::Postgres(_) => "postgres",
         }
     }
-}
-
-/// The file ledger's errors name no path of their own; the path is in the start log line.
-fn file_path_hint() -> &'static str {
-    "approvals.used_path"
 }

@@ -65,6 +65,21 @@ impl LedgerHealth {
     }
 }
 
+/// Opens the pool's connections now, so the first burst of approved calls does not pay for
+/// (or time out on) the handshakes; a failure here is left for the first spend to report.
+async fn warm_up(pool: &Pool, size: usize) {
+    let opening = (0..size).map(|_| pool.get());
+    let opened = futures_util::future::join_all(opening).await;
+    let failed = opened.iter().filter(|c| c.is_err()).count();
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            size,
+            "could not open every ledger connection at start"
+        );
+    }
+}
+
 impl PgLedger {
     /// Connects, creates the table if missing (or checks it), and returns the ledger; an
     /// error refuses the gate's start and names what is wrong.
@@ -74,6 +89,7 @@ impl PgLedger {
             reason: err.to_string(),
         })?;
         postgres::ensure_schema(&pool, &settings.url, &SCHEMA).await?;
+        warm_up(&pool, settings.pool_size).await;
         Ok(PgLedger {
             pool,
             timeout: settings.statement_timeout,

@@ -67,6 +67,9 @@ struct Cursor {
     verified_to: u64,
     stopped: Option<String>,
     checkpoints_shipped: usize,
+    /// A seq jump seen once: `(expected, found)`. A gate rotating between our listing and our
+    /// open looks like one, so it is a gap only when a fresh listing shows it again.
+    suspected_gap: Option<(u64, u64)>,
 }
 
 /// What one pass found and did, for the progress line and the exit code.
@@ -79,6 +82,8 @@ pub struct PassReport {
     pub behind_bytes: u64,
     /// Age of the newest record shipped in this pass when it was committed.
     pub delay: Option<Duration>,
+    /// A stream saw a seq jump once and must be looked at again before it is called a gap.
+    pub recheck: bool,
 }
 
 pub struct Shipper {
@@ -142,6 +147,8 @@ impl Shipper {
             }
             if let Some(problem) = &cursor.stopped {
                 report.stopped.push((chain.stream.clone(), problem.clone()));
+            } else if cursor.suspected_gap.is_some() {
+                report.recheck = true;
             }
         }
         Ok(report)
@@ -249,6 +256,7 @@ async fn resume(client: &Client, stream: &str) -> Result<Cursor, String> {
         verified_to: 0,
         stopped,
         checkpoints_shipped: 0,
+        suspected_gap: None,
     })
 }
 
@@ -276,6 +284,7 @@ async fn ship_chain(
     // else from the first file, comparing what was shipped before.
     let mut start = 0;
     let mut offset = 0;
+    let mut expected_inode = None;
     if let Some((inode, at)) = cursor.file {
         match chain
             .files
@@ -287,6 +296,7 @@ async fn ship_chain(
             Some(index) if std::fs::metadata(&chain.files[index]).is_ok_and(|m| m.len() >= at) => {
                 start = index;
                 offset = at;
+                expected_inode = Some(inode);
             }
             Some(_) => {
                 cursor.file = None;
@@ -304,6 +314,10 @@ async fn ship_chain(
             Err(_) => break,
         };
         let inode = file.metadata().map(|m| inode_of(&m)).unwrap_or(0);
+        if index == start && expected_inode.is_some_and(|expected| expected != inode) {
+            // Renamed (rolled) between listing and opening: list again next pass.
+            return Ok(Ok(()));
+        }
         let from = if index == start { offset } else { 0 };
         if file.seek(SeekFrom::Start(from)).is_err() {
             break;
@@ -351,6 +365,19 @@ async fn ship_chain(
                 continue;
             }
             if fields.seq != cursor.next_seq {
+                let jump = (cursor.next_seq, fields.seq);
+                if cursor.suspected_gap != Some(jump) {
+                    // Perhaps a rotation between listing and opening: keep what was read,
+                    // and look again with a fresh listing before calling it a gap.
+                    cursor.suspected_gap = Some(jump);
+                    if let Err(problem) = flush(client, &chain.stream, &mut pending, report).await?
+                    {
+                        return Ok(Err(problem));
+                    }
+                    cursor.file = None;
+                    cursor.verified_to = cursor.next_seq;
+                    return Ok(Ok(()));
+                }
                 return Ok(Err(format!(
                     "`{}`: seq {} follows seq {}: records {}..={} are missing from the files",
                     path.display(),
@@ -378,6 +405,7 @@ async fn ship_chain(
             ));
             cursor.next_seq = fields.seq + 1;
             cursor.last_hash = fields.record_hash;
+            cursor.suspected_gap = None;
             if pending.len() >= batch_size {
                 if let Err(problem) = flush(client, &chain.stream, &mut pending, report).await? {
                     return Ok(Err(problem));
@@ -638,9 +666,17 @@ pub async fn run(options: ShipOptions) -> Result<PassReport, String> {
         match shipper.pass(&mut current).await {
             Ok(report) => {
                 shipped_since += report.shipped;
+                if options.once && (report.shipped > 0 || report.recheck) {
+                    // Until nothing is left: a pass ends early at a suspected gap.
+                    client = Some(current);
+                    continue;
+                }
                 if options.once {
                     log_progress(&report, shipped_since, started.elapsed());
-                    return Ok(report);
+                    return Ok(PassReport {
+                        shipped: shipped_since,
+                        ..report
+                    });
                 }
                 if last_progress.elapsed() >= options.progress_every {
                     log_progress(&report, shipped_since, last_progress.elapsed());

@@ -112,7 +112,7 @@ fn two_gates_sharing_the_postgres_ledger_honour_a_token_exactly_once() {
         keys.path(),
         &kid,
         &db.url,
-        "ledger_timeout_ms = 30000\nledger_pool_size = 16",
+        "ledger_timeout_ms = 30000\nledger_connect_timeout_ms = 30000\nledger_pool_size = 16",
     );
     let env = [("ECL_CONFIG", config.as_str())];
     let (gate_a, addr_a, _) = spawn_serve_with_admin(dir.path(), &env);
