@@ -225,7 +225,13 @@ fn a_stopped_ledger_denies_approved_calls_and_the_gate_recovers_by_itself() {
         &cluster.url(),
         "ledger_timeout_ms = 1000\nledger_connect_timeout_ms = 1000",
     );
-    let (gate, addr, admin) = spawn_serve_with_admin(dir.path(), &[("ECL_CONFIG", &config)]);
+    let (gate, addr, admin) = spawn_serve_with_admin(
+        dir.path(),
+        &[
+            ("ECL_CONFIG", &config),
+            ("ECL_AUDIT__INCLUDE_REQUEST", "true"),
+        ],
+    );
 
     let first = deploy("deploy-before", "billing");
     let token = token_for(&addr, &private, &first);
@@ -296,6 +302,39 @@ fn a_stopped_ledger_denies_approved_calls_and_the_gate_recovers_by_itself() {
     let (_, metrics) = get(&admin, "/metrics");
     assert!(metrics.contains("ecl_approval_ledger_up 1"), "{metrics}");
     stop(gate);
+
+    // Replay is exact: the ledger's answers (spent, unavailable, already used) are inputs,
+    // recorded and applied, not re-asked of a ledger that has moved on.
+    let log = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let outcomes: Vec<String> = read_records(&log)
+        .iter()
+        .filter_map(|r| r.get("single_use").map(|o| o.str().to_owned()))
+        .collect();
+    assert!(
+        outcomes.contains(&"ledger_unavailable".to_owned()),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&"already_used".to_owned()),
+        "{outcomes:?}"
+    );
+    let out = gate_command()
+        .arg("--config")
+        .arg(&config)
+        .arg("replay")
+        .arg(&log)
+        .arg("--profiles")
+        .arg(shipped_profiles())
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("differing 0"), "{said}");
 }
 
 /// Runs `serve` expecting a refused start; returns its stderr.
