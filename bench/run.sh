@@ -11,6 +11,9 @@
 #   BENCH_CHECKPOINTS=1 bench/run.sh            also the gate with signed checkpoints on (issue 9:
 #                                               `audit.checkpoint_every` 1000, a key made in the
 #                                               work directory), as server `gate+cp` in every round
+#   BENCH_SHADOW=1 bench/run.sh                 also the gate with a shadow candidate (issue 17:
+#                                               `example@1.0.0` shadowed by `1.0.1`, a copy that
+#                                               agrees on every request), as server `gate+sh`
 #
 # More knobs: BENCH_CONCURRENCY ("64 256"), BENCH_SYNC ("never always"), BENCH_SCENARIO (allow),
 # BENCH_LOAD_THREADS (1), BENCH_GATE_LOG (the gate's log filter; default info, one line per
@@ -97,6 +100,10 @@ start() {
       ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL="${BENCH_GATE_LOG:-info}" \
       ECL_AUDIT__CHECKPOINT_KEY="$work/keys/bench-cp.key" ECL_AUDIT__CHECKPOINT_EVERY=1000 \
       "$gate_bin" serve 2>"$err" &
+  elif [ "$kind" = gate+sh ]; then
+    NO_COLOR=1 ECL_LISTEN=127.0.0.1:0 ECL_ADMIN_LISTEN=127.0.0.1:0 ECL_AUDIT__SYNC="$sync" \
+      ECL_AUDIT__PATH="$log" PROFILES_ROOT="$work/profiles" ECL_LOG__LEVEL="${BENCH_GATE_LOG:-info}" \
+      ECL_CONFIG="$work/shadow.toml" "$gate_bin" serve 2>"$err" &
   else
     NO_COLOR=1 ECL_LISTEN=127.0.0.1:0 ECL_ADMIN_LISTEN=127.0.0.1:0 ECL_AUDIT__SYNC="$sync" \
       ECL_AUDIT__PATH="$log" PROFILES_ROOT="$PWD/profiles" ECL_LOG__LEVEL="${BENCH_GATE_LOG:-info}" \
@@ -171,6 +178,14 @@ if [ "${BENCH_CHECKPOINTS:-0}" = 1 ]; then
   # TEST FIXTURE ONLY: a throwaway signing key, made and deleted with the work directory.
   "$bin" keygen --out "$work/keys" --kid bench-cp >"$work/keygen.out" 2>&1 || { cat "$work/keygen.out" >&2; exit 1; }
   kinds="ceiling gate gate+cp"
+fi
+if [ "${BENCH_SHADOW:-0}" = 1 ]; then
+  # The shipped profiles plus an agreeing candidate: the shadow's cost without disagreements.
+  cp -r profiles "$work/profiles"
+  sed 's/"profile_version": "1.0.0"/"profile_version": "1.0.1"/' profiles/example/1.0.0.json \
+    >"$work/profiles/example/1.0.1.json"
+  printf '[shadow]\n"example@1.0.0" = "1.0.1"\n' >"$work/shadow.toml"
+  kinds="$kinds gate+sh"
 fi
 
 echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); load: $scenario," \

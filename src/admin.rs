@@ -3,8 +3,9 @@
 //! Endpoints:
 //! - `GET /healthz` — the process is alive and serving this listener: always 200.
 //! - `GET /readyz` — 200 when the execution listener is bound, the profiles root is readable
-//!   and the audit log takes writes; otherwise 503 with the failing checks named. A shared
-//!   single-use ledger that does not answer makes it 200 `degraded`, naming the ledger.
+//!   and the audit log takes writes; otherwise 503 with the failing checks named. With shadow
+//!   candidates configured, a `shadow` member says whether each is evaluated (never a 503).
+//!   A shared single-use ledger that does not answer makes it 200 `degraded`, naming it.
 //! - `GET /metrics` — Prometheus metrics (OpenMetrics text).
 //! - `GET /openapi.yaml` — the API description.
 //! - `GET /audit/checkpoint` — the newest signed checkpoint of the audit log's Merkle tree
@@ -203,26 +204,48 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
             ))
         })
     });
-    if failing.is_empty() {
+    let mut body = crate::canonical::Map::new();
+    let status = if failing.is_empty() {
         match degraded {
-            None => json(StatusCode::OK, &Value::object([("status", "ready".into())])),
-            Some(why) => json(
-                StatusCode::OK,
-                &Value::object([
-                    ("status", "degraded".into()),
-                    ("degraded", Value::Array(vec![why])),
-                ]),
-            ),
+            None => {
+                body.insert("status".into(), "ready".into());
+            }
+            Some(why) => {
+                body.insert("status".into(), "degraded".into());
+                body.insert("degraded".into(), Value::Array(vec![why]));
+            }
         }
+        StatusCode::OK
     } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &Value::object([
-                ("status", "not ready".into()),
-                ("failing", Value::Array(failing)),
-            ]),
-        )
+        body.insert("status".into(), "not ready".into());
+        body.insert("failing".into(), Value::Array(failing));
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // A broken shadow candidate is reported here but never makes the gate unready: taking the
+    // gate out of rotation would let a policy nobody enforces change what agents get.
+    if !state.gate.shadow.is_empty() {
+        let candidates = state
+            .gate
+            .shadow
+            .status(&state.gate.profiles)
+            .into_iter()
+            .map(|status| {
+                let mut entry = crate::canonical::Map::new();
+                entry.insert("profile".into(), status.profile.into());
+                entry.insert("candidate".into(), status.candidate.into());
+                match status.problem {
+                    None => entry.insert("state".into(), "evaluated".into()),
+                    Some(problem) => {
+                        entry.insert("error".into(), problem.into());
+                        entry.insert("state".into(), "unavailable".into())
+                    }
+                };
+                Value::Object(entry)
+            })
+            .collect();
+        body.insert("shadow".into(), Value::Array(candidates));
     }
+    json(status, &Value::Object(body))
 }
 
 fn json(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

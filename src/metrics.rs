@@ -13,12 +13,21 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::decision::{DecisionType, ReasonCode, Runtime};
+use crate::decision::{Decision, DecisionType, ReasonCode, Runtime};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
     reason: &'static str,
+}
+
+/// A shadow disagreement: what was enforced and what the candidate would have decided.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    decision: &'static str,
+    reason: &'static str,
+    shadow_decision: &'static str,
+    shadow_reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +52,9 @@ pub struct Metrics {
     pub ledger_up: Gauge,
     pub ledger_spend_duration: Histogram,
     pub ledger_failures: Counter,
+    shadow_agreements: Counter,
+    shadow_disagreements: Family<TransitionLabels, Counter>,
+    pub shadow_unavailable: Counter,
 }
 
 /// Latency buckets from 25 µs to about 0.8 s.
@@ -131,6 +143,24 @@ impl Metrics {
             "Spends the single-use ledger could not answer (each became a DENY)",
             ledger_failures.clone(),
         );
+        let shadow_agreements = Counter::default();
+        registry.register(
+            "ecl_shadow_agreements",
+            "Requests the shadow candidate profile decided like the enforced one (same type and reason)",
+            shadow_agreements.clone(),
+        );
+        let shadow_disagreements = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "ecl_shadow_disagreements",
+            "Requests the shadow candidate decided differently, by enforced and candidate decision and reason; each is recorded in the audit log's `shadow` member",
+            shadow_disagreements.clone(),
+        );
+        let shadow_unavailable = Counter::default();
+        registry.register(
+            "ecl_shadow_unavailable",
+            "Requests not evaluated in shadow because their candidate profile is missing or invalid (answers are unaffected)",
+            shadow_unavailable.clone(),
+        );
         registry.register(
             "ecl_build",
             "Version and build of this gate",
@@ -154,6 +184,27 @@ impl Metrics {
             ledger_up,
             ledger_spend_duration,
             ledger_failures,
+            shadow_agreements,
+            shadow_disagreements,
+            shadow_unavailable,
+        }
+    }
+
+    /// Counts one shadow comparison: an agreement, or the transition from `enforced` to
+    /// `candidate`.
+    pub fn shadow_compared(&self, enforced: &Decision, candidate: &Decision) {
+        if enforced.decision_type == candidate.decision_type && enforced.reason == candidate.reason
+        {
+            self.shadow_agreements.inc();
+        } else {
+            self.shadow_disagreements
+                .get_or_create(&TransitionLabels {
+                    decision: enforced.decision_type.as_str(),
+                    reason: enforced.reason.as_str(),
+                    shadow_decision: candidate.decision_type.as_str(),
+                    shadow_reason: candidate.reason.as_str(),
+                })
+                .inc();
         }
     }
 

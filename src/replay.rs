@@ -4,6 +4,8 @@
 //! profiles and the approver keys, every decision comes back identical. Reads profiles through
 //! the store; never writes anything.
 
+mod candidate;
+
 use std::collections::HashSet;
 use std::time::SystemTime;
 
@@ -11,6 +13,11 @@ use crate::canonical::{self, Value};
 use crate::decision::{decide, provenance_id, Attempt, Context, DecisionType, Timestamps};
 use crate::profile::ProfileStore;
 use crate::request;
+
+pub use candidate::{
+    CandidateReplayer, CandidateReport, CandidateRule, FailOn, Outcome, TransitionCount,
+    EXAMPLE_IDS,
+};
 
 /// Fields of a decision record that a replay must reproduce exactly.
 const COMPARED: [&str; 10] = [
@@ -171,11 +178,50 @@ impl<'a> Replayer<'a> {
                 ));
             }
         }
+        if let Some(shadow) = record.get("shadow") {
+            if let Some(mismatch) = self.check_shadow(stored, shadow, decided_at) {
+                differences.push(mismatch);
+            }
+        }
         if differences.is_empty() {
             Ok(())
         } else {
             Err(differences.join("; "))
         }
+    }
+
+    /// A recorded shadow disagreement is evidence like the decision: the candidate version it
+    /// names must still decide exactly what it says.
+    fn check_shadow(&self, stored: &Value, shadow: &Value, now: SystemTime) -> Option<String> {
+        let version = shadow["profile_version"].as_str().unwrap_or_default();
+        let bytes = canonical::to_canonical(stored);
+        let replayed = match request::decode(&bytes) {
+            Err(_) => {
+                return Some("shadow recorded for a request that never named a profile".to_owned())
+            }
+            Ok(request) => {
+                let profile = self.profiles.get(&request.profile_id, version);
+                decide(
+                    Attempt::Request {
+                        request: &request,
+                        profile: &profile,
+                    },
+                    self.context,
+                    now,
+                )
+            }
+        };
+        let recorded = (
+            shadow["decision_type"].as_str().unwrap_or_default(),
+            shadow["reason_code"].as_str().unwrap_or_default(),
+        );
+        let now = (replayed.decision_type.as_str(), replayed.reason.as_str());
+        (recorded != now).then(|| {
+            format!(
+                "shadow under version `{version}` recorded {} {}, replayed {} {}",
+                recorded.0, recorded.1, now.0, now.1
+            )
+        })
     }
 
     fn decide_at(&self, stored: &Value, now: SystemTime) -> crate::decision::Decision {

@@ -61,14 +61,9 @@ enum Command {
         #[arg(long, value_name = "TYPE")]
         expect: Option<String>,
     },
-    /// Re-decide every request recorded in audit logs (needs `audit.include_request`)
-    Replay {
-        #[arg(required = true, value_name = "AUDIT_FILE")]
-        files: Vec<PathBuf>,
-        /// Profiles root; default: the configured `profiles_root`
-        #[arg(long, value_name = "ROOT")]
-        profiles: Option<PathBuf>,
-    },
+    /// Re-decide every request recorded in audit logs (needs `audit.include_request`), as
+    /// recorded or under a candidate profile version
+    Replay(replay::ReplayArgs),
     /// Create an Ed25519 approver key pair: DIR/<kid>.key (0600) and DIR/<kid>.pub
     Keygen {
         #[arg(long, value_name = "DIR")]
@@ -138,7 +133,7 @@ pub fn run() -> ExitCode {
             profiles,
             expect,
         } => decide::run(&request, profiles, expect.as_deref(), config),
-        Command::Replay { files, profiles } => replay::run(&files, profiles, config),
+        Command::Replay(args) => replay::run(&args, config),
         Command::Keygen { out, kid } => approve::keygen(&out, kid.as_deref()),
         Command::Approve {
             key,

@@ -1,4 +1,5 @@
 //! `ecl-gate profiles check`: validates every profile under a root, one line each.
+//! `ecl-gate profiles diff`: what changed between two versions, by tool and rule.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,10 +19,74 @@ pub enum ProfilesCommand {
         /// Profiles root; default: the configured `profiles_root`
         root: Option<PathBuf>,
     },
+    /// What changed from one profile version to another: tools and rules added, removed,
+    /// tightened, loosened (or changed, where the direction cannot be told)
+    Diff {
+        /// The version in force, e.g. `example@1.0.0`
+        #[arg(value_name = "ID@A")]
+        old: String,
+        /// The candidate, e.g. `example@1.1.0`
+        #[arg(value_name = "ID@B")]
+        new: String,
+        /// Profiles root; default: the configured `profiles_root`
+        #[arg(long, value_name = "ROOT")]
+        profiles: Option<PathBuf>,
+    },
 }
 
 pub fn run(command: ProfilesCommand, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let ProfilesCommand::Check { root } = command;
+    match command {
+        ProfilesCommand::Check { root } => check(root, config),
+        ProfilesCommand::Diff { old, new, profiles } => diff(&old, &new, profiles, config),
+    }
+}
+
+fn diff(
+    old: &str,
+    new: &str,
+    profiles: Option<PathBuf>,
+    config: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let root = match profiles {
+        Some(root) => root,
+        None => Config::load(config)?.profiles_root,
+    };
+    let store = ProfileStore::new(&root);
+    let load = |text: &str| -> anyhow::Result<crate::profile::Profile> {
+        let (id, version) = text
+            .split_once('@')
+            .filter(|(id, version)| is_valid_ref(id) && is_valid_ref(version))
+            .ok_or_else(|| {
+                anyhow::anyhow!("`{text}` is not a profile like `example@1.0.0` (id and version in [A-Za-z0-9._-])")
+            })?;
+        Ok(store.load(id, version)?)
+    };
+    let (before, after) = (load(old)?, load(new)?);
+    let changes = crate::profile::diff::diff(&before, &after);
+    println!("{old} → {new}");
+    if changes.is_empty() {
+        println!("no changes to tools or rules");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for change in &changes {
+        *counts.entry(change.direction).or_insert(0u32) += 1;
+        println!(
+            "  {:<9}  {}: {}",
+            change.direction.as_str(),
+            change.tool,
+            change.what
+        );
+    }
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(direction, n)| format!("{n} {}", direction.as_str()))
+        .collect();
+    println!("{} changes: {}", changes.len(), summary.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(root: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let root = match root {
         Some(root) => root,
         None => Config::load(config)?.profiles_root,

@@ -109,6 +109,8 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
             }
         }
         gate.proxy = proxy;
+        // Loads (and logs) every shadow candidate now, so a broken one shows at start.
+        let _ = gate.shadow.status(&gate.profiles);
         let gate = Arc::new(gate);
         let server = Server::bind(config.listen, Arc::clone(&gate))
             .await

@@ -79,6 +79,8 @@ pub struct RawConfig {
     pub upstreams: std::collections::BTreeMap<String, proxy::RawUpstream>,
     pub grants: proxy::RawGrants,
     pub tls: proxy::RawTls,
+    /// Shadow evaluation (issue 17): `"id@version" = "candidate_version"`.
+    pub shadow: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +191,7 @@ impl Default for RawConfig {
             upstreams: Default::default(),
             grants: Default::default(),
             tls: Default::default(),
+            shadow: Default::default(),
         }
     }
 }
@@ -228,6 +231,17 @@ pub struct Config {
     pub log: LogConfig,
     /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
     pub proxy: Option<proxy::ProxyConfig>,
+    /// Candidate profile versions evaluated in shadow, sorted by enforced profile.
+    pub shadow: Vec<ShadowCandidate>,
+}
+
+/// `shadow."id@version" = "candidate"`: every request naming `id` at `version` is also decided
+/// under `id` at `candidate`, and only a disagreement is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowCandidate {
+    pub profile_id: String,
+    pub profile_version: String,
+    pub candidate_version: String,
 }
 
 /// The single-use ledger (`approvals.ledger`).
@@ -535,6 +549,7 @@ impl RawConfig {
             return Err(invalid("log.level", format!("`{}`: {err}", self.log.level)));
         }
         let single_use_ledger = self.approvals.ledger()?;
+        let shadow = shadow_candidates(&self.shadow)?;
         let approvals = self.approvals.validate()?;
         // Upstreams and grants are read (credentials, keys) only when they will be used.
         let proxy = match mode {
@@ -548,6 +563,7 @@ impl RawConfig {
         };
         Ok(Config {
             proxy,
+            shadow,
             approvals,
             single_use_ledger,
             listen,
@@ -732,6 +748,47 @@ impl RawApprovals {
             clock_skew,
         })
     }
+}
+
+fn shadow_candidates(
+    raw: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<ShadowCandidate>, ConfigError> {
+    use crate::profile::is_valid_ref;
+    raw.iter()
+        .map(|(enforced, candidate)| {
+            let key = || format!("shadow.\"{enforced}\"");
+            let (id, version) = enforced
+                .split_once('@')
+                .filter(|(id, version)| is_valid_ref(id) && is_valid_ref(version))
+                .ok_or_else(|| ConfigError::InvalidKey {
+                    key: key(),
+                    message: format!(
+                        "`{enforced}` is not a profile like `example@1.0.0` (id and version in [A-Za-z0-9._-])"
+                    ),
+                })?;
+            if !is_valid_ref(candidate) {
+                return Err(ConfigError::InvalidKey {
+                    key: key(),
+                    message: format!(
+                        "`{candidate}` is not a profile version (a name in [A-Za-z0-9._-], like `1.1.0`)"
+                    ),
+                });
+            }
+            if candidate == version {
+                return Err(ConfigError::InvalidKey {
+                    key: key(),
+                    message: format!(
+                        "the candidate `{candidate}` is the enforced version itself; name a new version"
+                    ),
+                });
+            }
+            Ok(ShadowCandidate {
+                profile_id: id.to_owned(),
+                profile_version: version.to_owned(),
+                candidate_version: candidate.clone(),
+            })
+        })
+        .collect()
 }
 
 fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {

@@ -266,3 +266,58 @@ fn text_keys_take_numbers_from_the_environment() {
         Ok(())
     });
 }
+
+#[test]
+fn shadow_candidates_are_read_and_bad_ones_name_their_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "gate.toml",
+            "[shadow]\n\"example@1.0.0\" = \"1.1.0\"\n\"ops@2\" = \"3\"\n",
+        )?;
+        let config = load_in(jail, Some("gate.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(
+            config.shadow,
+            [
+                ShadowCandidate {
+                    profile_id: "example".into(),
+                    profile_version: "1.0.0".into(),
+                    candidate_version: "1.1.0".into(),
+                },
+                ShadowCandidate {
+                    profile_id: "ops".into(),
+                    profile_version: "2".into(),
+                    candidate_version: "3".into(),
+                },
+            ]
+        );
+        Ok(())
+    });
+    for (line, expected) in [
+        (
+            "\"example\" = \"1.1.0\"",
+            "is not a profile like `example@1.0.0`",
+        ),
+        ("\"../x@1\" = \"2\"", "is not a profile like"),
+        (
+            "\"example@1.0.0\" = \"../2\"",
+            "`../2` is not a profile version",
+        ),
+        (
+            "\"example@1.0.0\" = \"1.0.0\"",
+            "is the enforced version itself",
+        ),
+    ] {
+        Jail::expect_with(|jail| {
+            jail.create_file("gate.toml", &format!("[shadow]\n{line}\n"))?;
+            let err = load_in(jail, Some("gate.toml"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("invalid value for `shadow.") && err.contains(expected),
+                "{line}: {err}"
+            );
+            Ok(())
+        });
+    }
+}

@@ -93,6 +93,8 @@ pub struct Decision {
     /// What the single-use ledger said about that approval; set after `decide`, by the I/O
     /// around it, and audited so a replay applies the same outcome.
     pub single_use: Option<SpendOutcome>,
+    /// What a shadow candidate profile decided, set only when it disagrees (issue 17).
+    pub shadow: Option<ShadowOutcome>,
 }
 
 /// The single-use ledger's answer for an approved call (`single_use` in the audit record).
@@ -123,6 +125,15 @@ impl SpendOutcome {
             _ => None,
         }
     }
+}
+
+/// A candidate profile version's decision on the same attempt, where it differs from the
+/// enforced one; recorded beside the enforced decision, never answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowOutcome {
+    pub profile_version: String,
+    pub decision_type: DecisionType,
+    pub reason: ReasonCode,
 }
 
 /// What an approver is asked to approve, and why (SPEC §5 `escalation`).
@@ -273,6 +284,7 @@ fn evaluate(
         normalized_request: Some(Arc::clone(&request.normalized)),
         approval,
         single_use: None,
+        shadow: None,
     }
 }
 
@@ -311,6 +323,7 @@ impl Decision {
             normalized_request: None,
             approval: None,
             single_use: None,
+            shadow: None,
         }
     }
 
@@ -358,6 +371,22 @@ impl Decision {
                 )
                 .with_spend(outcome),
         }
+    }
+
+    /// `candidate` (the same attempt decided under `candidate_version`) where it disagrees with
+    /// this decision in type or reason; `None` when they agree.
+    pub fn shadow_of(
+        &self,
+        candidate: &Decision,
+        candidate_version: &str,
+    ) -> Option<ShadowOutcome> {
+        let agrees =
+            self.decision_type == candidate.decision_type && self.reason == candidate.reason;
+        (!agrees).then(|| ShadowOutcome {
+            profile_version: candidate_version.to_owned(),
+            decision_type: candidate.decision_type,
+            reason: candidate.reason,
+        })
     }
 
     /// Everything but the audit block: what must be equal for equal inputs.

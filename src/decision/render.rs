@@ -6,7 +6,7 @@
 use crate::audit::{PreparedRecord, RecordWriter};
 use crate::canonical::{Map, ObjectWriter, Value};
 
-use super::{Decision, DecisionType};
+use super::{Decision, DecisionType, ShadowOutcome};
 
 /// Where a decision's audit record landed (SPEC §5 `audit`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,17 @@ pub struct Timestamps {
 }
 
 const UNKNOWN: &str = "UNKNOWN";
+
+impl ShadowOutcome {
+    /// The audit record's `shadow` member.
+    pub fn to_value(&self) -> Value {
+        Value::object([
+            ("profile_version", self.profile_version.as_str().into()),
+            ("decision_type", self.decision_type.as_str().into()),
+            ("reason_code", self.reason.as_str().into()),
+        ])
+    }
+}
 
 impl AuditBlock {
     /// The `audit` member of an answer (of a decision, or of a proxied call's outcome).
@@ -182,6 +193,9 @@ impl Decision {
                 record.insert("request".into(), Value::clone(request));
             }
         }
+        if let Some(shadow) = &self.shadow {
+            record.insert("shadow".into(), shadow.to_value());
+        }
         if let Some(outcome) = self.single_use {
             record.insert("single_use".into(), outcome.as_str().into());
         }
@@ -234,6 +248,9 @@ impl Decision {
             runtime.str("name", self.runtime.name);
             runtime.str("version", self.runtime.version);
             runtime.finish();
+        }
+        if let Some(shadow) = &self.shadow {
+            record.value("shadow", &shadow.to_value());
         }
         if let Some(outcome) = self.single_use {
             record.str("single_use", outcome.as_str());
@@ -313,6 +330,7 @@ mod tests {
             normalized_request: None,
             approval: None,
             single_use: None,
+            shadow: None,
         };
         let deny = Decision {
             decision_type: DecisionType::Deny,
@@ -366,6 +384,15 @@ mod tests {
             ..all[0].clone()
         };
         all.push(approved);
+        let shadowed = Decision {
+            shadow: Some(ShadowOutcome {
+                profile_version: "1.1.0".into(),
+                decision_type: DecisionType::Deny,
+                reason: ReasonCode::ConstraintViolation,
+            }),
+            ..all[0].clone()
+        };
+        all.push(shadowed);
         for decision in all {
             for normalized in [None, Some(Arc::clone(&request))] {
                 let decision = Decision {

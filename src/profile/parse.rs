@@ -2,15 +2,23 @@
 
 use std::collections::HashMap;
 
-use regex::Regex;
-
 use crate::canonical::{self, Value};
 use crate::strict::Strict;
 
-use super::{ArgRule, PathStep, Profile, ProfileError, RuleKind, Severity, ToolPolicy};
+use super::{ArgRule, PathStep, Patterns, Profile, ProfileError, RuleKind, Severity, ToolPolicy};
 
-/// Parses and validates the bytes of `{id}/{version}.json`.
+/// Parses and validates the bytes of `{id}/{version}.json` on their own.
 pub fn parse_profile(id: &str, version: &str, bytes: &[u8]) -> Result<Profile, ProfileError> {
+    parse_profile_with(id, version, bytes, &Patterns::default())
+}
+
+/// [`parse_profile`], sharing compiled patterns with every profile parsed with `patterns`.
+pub fn parse_profile_with(
+    id: &str,
+    version: &str,
+    bytes: &[u8],
+    patterns: &Patterns,
+) -> Result<Profile, ProfileError> {
     let ref_hash = canonical::sha256_prefixed(bytes);
     let invalid = |message: String| ProfileError::Invalid {
         id: id.to_owned(),
@@ -19,7 +27,7 @@ pub fn parse_profile(id: &str, version: &str, bytes: &[u8]) -> Result<Profile, P
         message,
     };
     let value = canonical::parse(bytes).map_err(|err| invalid(format!("not valid JSON: {err}")))?;
-    let tools = read_profile(&value, id, version).map_err(invalid)?;
+    let tools = read_profile(&value, id, version, patterns).map_err(invalid)?;
     let mut by_name = HashMap::with_capacity(tools.len());
     for (index, tool) in tools.iter().enumerate() {
         if by_name.insert(tool.name.clone(), index).is_some() {
@@ -39,7 +47,12 @@ pub fn parse_profile(id: &str, version: &str, bytes: &[u8]) -> Result<Profile, P
     })
 }
 
-fn read_profile(value: &Value, id: &str, version: &str) -> Result<Vec<ToolPolicy>, String> {
+fn read_profile(
+    value: &Value,
+    id: &str,
+    version: &str,
+    patterns: &Patterns,
+) -> Result<Vec<ToolPolicy>, String> {
     let root = Strict::new(value, "")?;
     root.only(&["profile_id", "profile_version", "default", "allowed_tools"])?;
     let declared_id = root.non_empty_str("profile_id")?;
@@ -64,11 +77,11 @@ fn read_profile(value: &Value, id: &str, version: &str) -> Result<Vec<ToolPolicy
     entries
         .iter()
         .enumerate()
-        .map(|(i, entry)| read_tool(entry, &format!("allowed_tools[{i}]")))
+        .map(|(i, entry)| read_tool(entry, &format!("allowed_tools[{i}]"), patterns))
         .collect()
 }
 
-fn read_tool(value: &Value, at: &str) -> Result<ToolPolicy, String> {
+fn read_tool(value: &Value, at: &str, patterns: &Patterns) -> Result<ToolPolicy, String> {
     let tool = Strict::new(value, at)?;
     tool.only(&[
         "name",
@@ -108,7 +121,7 @@ fn read_tool(value: &Value, at: &str) -> Result<ToolPolicy, String> {
                 Some(Value::Array(rules)) => rules
                     .iter()
                     .enumerate()
-                    .map(|(i, rule)| read_rule(rule, &format!("{at}.arg_rules[{i}]")))
+                    .map(|(i, rule)| read_rule(rule, &format!("{at}.arg_rules[{i}]"), patterns))
                     .collect::<Result<_, _>>()?,
                 Some(other) => {
                     return Err(format!(
@@ -129,7 +142,7 @@ fn read_tool(value: &Value, at: &str) -> Result<ToolPolicy, String> {
     })
 }
 
-fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
+fn read_rule(value: &Value, at: &str, patterns: &Patterns) -> Result<ArgRule, String> {
     let rule = Strict::new(value, at)?;
     rule.only(&[
         "path",
@@ -184,7 +197,8 @@ fn read_rule(value: &Value, at: &str) -> Result<ArgRule, String> {
     let pattern = match rule.members.get("pattern") {
         None => None,
         Some(Value::String(source)) => Some(
-            Regex::new(&format!("^(?:{source})"))
+            patterns
+                .compile(source)
                 .map_err(|err| format!("`{at}.pattern` is not a valid regex: {err}"))?,
         ),
         Some(other) => {

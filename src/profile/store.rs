@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use super::ProfileLookup;
 
-use super::{parse_profile, Profile, ProfileError};
+use super::{parse_profile_with, Patterns, Profile, ProfileError};
 
 /// Profiles larger than this are refused unread: a profile is policy, not data.
 pub const MAX_PROFILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -38,6 +38,7 @@ pub struct ProfileStore {
     root: PathBuf,
     // INVARIANT: an entry, once inserted, is never replaced or removed.
     loaded: RwLock<HashMap<String, Versions>>,
+    patterns: Patterns,
 }
 
 impl ProfileStore {
@@ -45,6 +46,7 @@ impl ProfileStore {
         ProfileStore {
             root: root.into(),
             loaded: RwLock::new(HashMap::new()),
+            patterns: Patterns::default(),
         }
     }
 
@@ -102,7 +104,12 @@ impl ProfileStore {
                 message: format!("file is larger than {MAX_PROFILE_BYTES} bytes"),
             },
         })?;
-        parse_profile(id, version, &bytes)
+        parse_profile_with(id, version, &bytes, &self.patterns)
+    }
+
+    /// Distinct `pattern` sources compiled for the versions loaded so far.
+    pub fn distinct_patterns(&self) -> usize {
+        self.patterns.len()
     }
 
     /// Every `{id}/{version}.json` under the root, sorted; names outside the charset included,

@@ -194,14 +194,19 @@ fn decide_body(gate: &Gate, bytes: &[u8], now: SystemTime) -> Decision {
             let profile = gate
                 .profiles
                 .get(&request.profile_id, &request.profile_version);
-            (gate.decide)(
+            let enforced = (gate.decide)(
                 Attempt::Request {
                     request: &request,
                     profile: &profile,
                 },
                 &gate.context,
                 now,
-            )
+            );
+            if gate.shadow.is_empty() {
+                enforced
+            } else {
+                gate.shadow.annotate(gate, enforced, &request, now)
+            }
         }
     }
 }
@@ -298,9 +303,15 @@ async fn record_and_respond(
     response
 }
 
-/// One info line per decision. Tool arguments and snapshots stay out of the log unless
-/// `log.include_args` says otherwise: they may hold personal data or secrets.
+/// One `debug` line per decision, for operators who turn it on
+/// (`log.level = "info,ecl_gate::decision=debug"`). Off by default: the audit log already
+/// holds every decision, and formatting and writing a second copy to stderr cost the default
+/// configuration about a third of its throughput. Tool arguments and snapshots stay out of the
+/// line unless `log.include_args` says otherwise: they may hold personal data or secrets.
 fn log_decision(gate: &Gate, decision: &Decision, audit: Option<&AuditBlock>, elapsed: Duration) {
+    if !tracing::enabled!(target: "ecl_gate::decision", tracing::Level::DEBUG) {
+        return;
+    }
     let request = decision.normalized_request.as_ref();
     let tool = request
         .and_then(|r| r["tool"]["name"].as_str())
@@ -317,7 +328,7 @@ fn log_decision(gate: &Gate, decision: &Decision, audit: Option<&AuditBlock>, el
     } else {
         None
     };
-    tracing::info!(
+    tracing::debug!(
         target: "ecl_gate::decision",
         provenance_id = %decision.provenance_id,
         decision = decision.decision_type.as_str(),

@@ -11,6 +11,8 @@ use crate::decision::{self, Attempt, Context, Decision, Runtime};
 use crate::metrics::Metrics;
 use crate::profile::ProfileStore;
 
+use super::shadow::Shadows;
+
 /// The decision function the gate calls; [`decision::decide`] except in fault-injection tests.
 pub type DecideFn = fn(Attempt<'_>, &Context, SystemTime) -> Decision;
 
@@ -32,6 +34,8 @@ pub struct Gate {
     pub used_tokens: Option<crate::ledger::Ledger>,
     /// Proxy mode: forwards ALLOWed calls after their decision record is written.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// Candidate profile versions decided in shadow (`shadow` in the config).
+    pub shadow: Shadows,
 }
 
 impl Gate {
@@ -50,6 +54,7 @@ impl Gate {
             log_args: config.log.include_args,
             used_tokens: None,
             proxy: None,
+            shadow: Shadows::new(&config.shadow),
         }
     }
 }

@@ -6,6 +6,7 @@
 mod body;
 mod execute;
 mod gate;
+mod shadow;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +29,7 @@ use tower_http::trace::TraceLayer;
 
 pub use execute::ExecuteService;
 pub use gate::{DecideFn, Gate};
+pub use shadow::{CandidateStatus, Shadows};
 
 /// The service stack, outermost first.
 pub fn execute_stack(

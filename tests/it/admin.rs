@@ -187,7 +187,13 @@ fn requests_in_flight_at_sigterm_get_their_decisions_and_records() {
 fn logs_never_carry_arguments_or_snapshots() {
     const MARKER: &str = "MARKER-7f3a-do-not-log";
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, _) = spawn_serve_with_admin(dir.path(), &[("ECL_LOG__FORMAT", "json")]);
+    let (mut child, addr, _) = spawn_serve_with_admin(
+        dir.path(),
+        &[
+            ("ECL_LOG__FORMAT", "json"),
+            ("ECL_LOG__LEVEL", "info,ecl_gate::decision=debug"),
+        ],
+    );
     let mut body = request("log-1", "email.send", email_args("bob@example.com", MARKER));
     body = with(
         body,
@@ -227,4 +233,41 @@ fn logs_never_carry_arguments_or_snapshots() {
             "a request's content reached the log: {line}"
         );
     }
+}
+
+/// The default configuration writes no line per decision (the audit log has them all; the
+/// second copy cost a third of the throughput), but keeps its start-up lines at `info`.
+#[test]
+fn decisions_are_not_logged_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, _) = spawn_serve_with_admin(dir.path(), &[("ECL_LOG__FORMAT", "json")]);
+    let answer = post(
+        &addr,
+        &canonical::to_canonical(&request(
+            "quiet-1",
+            "email.send",
+            email_args("bob@example.com", "x"),
+        )),
+    );
+    assert_eq!(answer["decision_type"].str(), "ALLOW");
+    sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+    // The reader thread forwards lines as they come; the last one is the stop.
+    let mut logs = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !logs.iter().any(|l: &String| l.contains("stopped")) {
+        assert!(std::time::Instant::now() < deadline, "{}", logs.join("\n"));
+        logs.extend(drain_logs());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        logs.iter().all(|l| !l.contains("\"decision\"")),
+        "{}",
+        logs.join("\n")
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("\"INFO\"")),
+        "{}",
+        logs.join("\n")
+    );
 }

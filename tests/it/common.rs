@@ -25,6 +25,7 @@ pub fn shipped_profiles() -> PathBuf {
 pub struct TestGate {
     pub addr: SocketAddr,
     pub audit_path: PathBuf,
+    pub metrics: Arc<ecl_gate::metrics::Metrics>,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -43,6 +44,8 @@ pub struct Options {
     pub max_in_flight: u64,
     /// Proxy mode: upstreams and grant signer (tests/it/proxy.rs).
     pub proxy: Option<ecl_gate::proxy::ProxyConfig>,
+    /// `shadow` candidates, `"id@version" = "candidate"` (tests/it/shadow.rs).
+    pub shadow: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             include_request: false,
             max_in_flight: 1024,
             proxy: None,
+            shadow: Vec::new(),
         }
     }
 }
@@ -82,6 +86,11 @@ impl TestGate {
                 include_request: options.include_request,
                 ..RawConfig::default().audit
             },
+            shadow: options
+                .shadow
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             ..RawConfig::default()
         };
         let config: Config = raw.validate().unwrap();
@@ -108,6 +117,7 @@ impl TestGate {
         if let Some(proxy) = &options.proxy {
             gate.proxy = Some(Arc::new(ecl_gate::proxy::Proxy::new(proxy).unwrap()));
         }
+        let metrics = Arc::clone(&gate.metrics);
         let server = Server::bind(config.listen, Arc::new(gate)).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -118,6 +128,7 @@ impl TestGate {
         TestGate {
             addr,
             audit_path,
+            metrics,
             _dir: dir,
             stop: Some(stop),
             client,

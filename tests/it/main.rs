@@ -22,6 +22,7 @@ mod props;
 mod proxy;
 mod replay;
 mod schemas;
+mod shadow;
 mod ship;
 mod vectors;
 

@@ -161,6 +161,11 @@ async fn a_mixed_log_replays_identically_and_a_changed_profile_fails_loudly() {
     );
 
     let log = gate.audit_path.clone();
+    // Approvals, escalations, rejections: every kind of decision record matches its schema.
+    let schema = crate::schemas::schema_file("schemas/audit-record.schema.json");
+    for record in read_records(&log) {
+        crate::schemas::assert_valid(&schema, &crate::schemas::to_json(&record), "record");
+    }
     let (code, out, err) = replay(&config, &profiles, &log);
     assert_eq!(code, 0, "{out}{err}");
     // Bodies that were never JSON carry no request to re-decide.
