@@ -4,9 +4,11 @@
 //! - `GET /healthz` — the process is alive and serving this listener: always 200.
 //! - `GET /readyz` — 200 when the execution listener is bound, the profiles root is readable
 //!   and the audit log takes writes; otherwise 503 with the failing checks named. With shadow
-//!   candidates configured, a `shadow` member says whether each is evaluated (never a 503).
+//!   candidates configured, a `shadow` member says whether each is evaluated (never a 503). In
+//!   proxy mode a 200 also lists, under `warnings`, tools a profile allows without an upstream.
 //!   A shared single-use ledger that does not answer makes it 200 `degraded`, naming it.
-//! - `GET /metrics` — Prometheus metrics (OpenMetrics text).
+//! - `GET /metrics` — Prometheus metrics: OpenMetrics text when the scraper's `Accept` asks for
+//!   `application/openmetrics-text`, classic Prometheus text 0.0.4 otherwise.
 //! - `GET /openapi.yaml` — the API description.
 //! - `GET /audit/checkpoint` — the newest signed checkpoint of the audit log's Merkle tree
 //!   (C2SP `tlog-checkpoint` note, text/plain); 404 when checkpoints are off, 503 before the
@@ -117,6 +119,7 @@ fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
         "/readyz" => readiness(state),
         "/metrics" => {
             let metrics = &state.gate.metrics;
+            missing_upstreams(state);
             metrics
                 .profiles_loaded
                 .set(i64::try_from(state.gate.profiles.loaded_count()).unwrap_or(i64::MAX));
@@ -125,11 +128,19 @@ fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
                     .ledger_up
                     .set(i64::from(ledger.unavailable().is_none()));
             }
-            text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics.encode(),
-            )
+            if wants_openmetrics(request) {
+                text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                )
+            } else {
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics.encode_classic(),
+                )
+            }
         }
         "/openapi.yaml" => text(StatusCode::OK, "application/yaml", OPENAPI_YAML.to_owned()),
         "/audit/checkpoint" => checkpoint(state),
@@ -141,6 +152,41 @@ fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
             )]),
         ),
     }
+}
+
+/// Whether the scraper asks for OpenMetrics (Prometheus does, listing it first); anything
+/// else, no `Accept` included, gets the classic text every scraper reads.
+fn wants_openmetrics<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            // `q=0` means "not this one" (RFC 9110 §12.4.2).
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0))
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        })
+}
+
+/// Proxy mode: tools a profile allows without an upstream, also kept in the metric.
+fn missing_upstreams(state: &AdminState) -> Vec<crate::proxy::MissingUpstream> {
+    let Some(proxy) = &state.gate.proxy else {
+        return Vec::new();
+    };
+    let missing = crate::proxy::tools_without_upstream(&state.gate.profiles, proxy.upstreams());
+    state
+        .gate
+        .metrics
+        .tools_without_upstream
+        .set(i64::try_from(missing.len()).unwrap_or(i64::MAX));
+    missing
 }
 
 fn checkpoint(state: &AdminState) -> Response<Full<Bytes>> {
@@ -214,6 +260,15 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
                 body.insert("status".into(), "degraded".into());
                 body.insert("degraded".into(), Value::Array(vec![why]));
             }
+        }
+        // Not a reason to take the gate out of service: every gate running the same profiles
+        // would go unready at once. Listed so a rollout or an operator sees it.
+        let warnings: Vec<Value> = missing_upstreams(state)
+            .iter()
+            .map(|gap| Value::from(gap.to_string()))
+            .collect();
+        if !warnings.is_empty() {
+            body.insert("warnings".into(), Value::Array(warnings));
         }
         StatusCode::OK
     } else {

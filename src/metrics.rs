@@ -1,8 +1,10 @@
-//! Prometheus metrics (OpenMetrics text, via `prometheus-client`): what the admin listener
-//! serves at `/metrics`.
+//! Prometheus metrics (via `prometheus-client`): what the admin listener serves at `/metrics`,
+//! as OpenMetrics text or, for scrapers that do not ask for it, classic Prometheus text 0.0.4.
 //!
 //! Owns the registry and the handles the request path updates. Updating a metric never blocks
-//! and never allocates on the hot path: label values are `&'static str`.
+//! and never allocates while deciding: label values are `&'static str`. The per-upstream
+//! families are keyed by tool name (one small allocation per forwarded call, beside a network
+//! round trip) and never by URL, which may carry a token.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +22,21 @@ struct DecisionLabels {
     decision: &'static str,
     reason: &'static str,
 }
+
+/// One upstream, by tool name: never its URL, which may hold a token.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolLabels {
+    tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamCallLabels {
+    tool: String,
+    /// The answer's status class (`2xx`…) or the error kind (`timeout`, `upstream_busy`, …).
+    outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// A shadow disagreement: what was enforced and what the candidate would have decided.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +69,10 @@ pub struct Metrics {
     pub ledger_up: Gauge,
     pub ledger_spend_duration: Histogram,
     pub ledger_failures: Counter,
+    upstream_calls: Family<UpstreamCallLabels, Counter>,
+    upstream_duration: HistogramFamily<ToolLabels>,
+    upstream_in_flight: Family<ToolLabels, Gauge>,
+    pub tools_without_upstream: Gauge,
     shadow_agreements: Counter,
     shadow_disagreements: Family<TransitionLabels, Counter>,
     pub shadow_unavailable: Counter,
@@ -60,6 +81,12 @@ pub struct Metrics {
 /// Latency buckets from 25 µs to about 0.8 s.
 fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_025, 2.0, 16)
+}
+
+/// Tool call buckets from 1 ms to about 65 s: tools are slower than deciding, and an upstream
+/// timeout may be minutes.
+fn upstream_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 impl Metrics {
@@ -74,7 +101,7 @@ impl Metrics {
         let decision_duration = Histogram::new(latency_buckets());
         registry.register(
             "ecl_decision_duration_seconds",
-            "Time from request received to decision answered, audit write included",
+            "Time from request received to decision recorded, audit write included; in proxy mode the tool's time is not (see ecl_upstream_duration_seconds)",
             decision_duration.clone(),
         );
         let audit_append_duration = Histogram::new(latency_buckets());
@@ -143,6 +170,31 @@ impl Metrics {
             "Spends the single-use ledger could not answer (each became a DENY)",
             ledger_failures.clone(),
         );
+        let upstream_calls = Family::<UpstreamCallLabels, Counter>::default();
+        registry.register(
+            "ecl_upstream_calls",
+            "Proxy mode: calls to tools, by tool name and outcome (status class such as 2xx, or the error kind)",
+            upstream_calls.clone(),
+        );
+        let upstream_duration: HistogramFamily<ToolLabels> =
+            Family::new_with_constructor(upstream_histogram);
+        registry.register(
+            "ecl_upstream_duration_seconds",
+            "Proxy mode: time from sending a call to its tool to the whole answer read, by tool name",
+            upstream_duration.clone(),
+        );
+        let upstream_in_flight = Family::<ToolLabels, Gauge>::default();
+        registry.register(
+            "ecl_upstream_in_flight",
+            "Proxy mode: calls waiting on each tool now (bounded by its max_concurrent)",
+            upstream_in_flight.clone(),
+        );
+        let tools_without_upstream = Gauge::default();
+        registry.register(
+            "ecl_tools_without_upstream",
+            "Proxy mode: tools a loaded profile allows that have no upstream (their ALLOWs are recorded with outcome no_upstream)",
+            tools_without_upstream.clone(),
+        );
         let shadow_agreements = Counter::default();
         registry.register(
             "ecl_shadow_agreements",
@@ -184,6 +236,10 @@ impl Metrics {
             ledger_up,
             ledger_spend_duration,
             ledger_failures,
+            upstream_calls,
+            upstream_duration,
+            upstream_in_flight,
+            tools_without_upstream,
             shadow_agreements,
             shadow_disagreements,
             shadow_unavailable,
@@ -208,6 +264,36 @@ impl Metrics {
         }
     }
 
+    /// One finished call to `tool`'s upstream. A call never sent (`no_upstream`,
+    /// `upstream_busy`, …) is counted but has no duration to observe.
+    pub fn upstream_called(&self, tool: &str, outcome: &'static str, took: Option<f64>) {
+        self.upstream_calls
+            .get_or_create(&UpstreamCallLabels {
+                tool: tool.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(seconds) = took {
+            self.upstream_duration
+                .get_or_create(&ToolLabels {
+                    tool: tool.to_owned(),
+                })
+                .observe(seconds);
+        }
+    }
+
+    /// Counts a call waiting on `tool` until the returned guard is dropped.
+    pub fn upstream_waiting(&self, tool: &str) -> UpstreamInFlight {
+        let gauge = self
+            .upstream_in_flight
+            .get_or_create(&ToolLabels {
+                tool: tool.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        UpstreamInFlight(gauge)
+    }
+
     pub fn decided(&self, decision: DecisionType, reason: ReasonCode, seconds: f64) {
         self.decisions
             .get_or_create(&DecisionLabels {
@@ -224,6 +310,68 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+
+    /// The classic Prometheus text exposition (format 0.0.4).
+    pub fn encode_classic(&self) -> String {
+        to_classic(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text as classic Prometheus text 0.0.4, which `prometheus-client` does
+/// not write: a counter family is named after its `_total` sample, an info family becomes a
+/// gauge named `_info`, and `# UNIT`, `# EOF`, `_created` samples and exemplars go.
+fn to_classic(openmetrics: &str) -> String {
+    let mut types = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                types.insert(name, kind);
+            }
+        }
+    }
+    let family = |name: &str| -> (String, &'static str) {
+        match types.get(name).copied() {
+            Some("counter") => (format!("{name}_total"), "counter"),
+            Some("info") => (format!("{name}_info"), "gauge"),
+            Some("gauge") => (name.to_owned(), "gauge"),
+            Some("histogram") => (name.to_owned(), "histogram"),
+            Some("summary") => (name.to_owned(), "summary"),
+            _ => (name.to_owned(), "untyped"),
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            // OpenMetrics also escapes `"` in help text; the classic format does not.
+            let help = help.replace("\\\"", "\"");
+            out.push_str(&format!("# HELP {} {help}\n", family(name).0));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(name, _)| name);
+            let (name, kind) = family(name);
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if line.starts_with('#') {
+            // `# UNIT`, `# EOF`: OpenMetrics only.
+        } else if !line.is_empty() {
+            let sample = line.split_once(" # ").map_or(line, |(sample, _)| sample);
+            let name = sample.split(['{', ' ']).next().unwrap_or("");
+            if name.ends_with("_created") {
+                continue;
+            }
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Counts a call waiting on a tool until dropped.
+pub struct UpstreamInFlight(Gauge);
+
+impl Drop for UpstreamInFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -280,5 +428,59 @@ impl crate::audit::AuditObserver for AuditMetrics {
 
     fn checkpoint_failed(&self) {
         self.checkpoint_failures.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 16: not every scraper reads OpenMetrics; the classic text names counter and info
+    // families after their samples.
+    #[test]
+    fn classic_text_renames_counter_and_info_families() {
+        let metrics = Metrics::new(&Runtime::current());
+        metrics.decided(DecisionType::Allow, ReasonCode::Ok, 0.001);
+        metrics.upstream_called("email.send", "2xx", Some(0.2));
+        let open = metrics.encode();
+        assert!(open.contains("# TYPE ecl_decisions counter\n"), "{open}");
+        assert!(open.ends_with("# EOF\n"));
+        let classic = metrics.encode_classic();
+        for line in [
+            "# HELP ecl_decisions_total Decisions answered, by decision type and reason code.",
+            "# TYPE ecl_decisions_total counter",
+            "ecl_decisions_total{decision=\"ALLOW\",reason=\"OK\"} 1",
+            "# TYPE ecl_build_info gauge",
+            "# TYPE ecl_decision_duration_seconds histogram",
+            "ecl_decision_duration_seconds_count 1",
+            "# TYPE ecl_upstream_calls_total counter",
+            "ecl_upstream_calls_total{tool=\"email.send\",outcome=\"2xx\"} 1",
+            "ecl_upstream_duration_seconds_count{tool=\"email.send\"} 1",
+            "# TYPE ecl_requests_in_flight gauge",
+        ] {
+            assert!(
+                classic.lines().any(|l| l == line),
+                "missing `{line}` in\n{classic}"
+            );
+        }
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+        // Every sample belongs to the family its `# TYPE` line names.
+        let mut family = String::new();
+        for line in classic.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap_or("").to_owned();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "`{line}` outside `{family}`");
+            }
+        }
+    }
+
+    #[test]
+    fn classic_text_unescapes_quotes_in_help_only() {
+        let text = "# HELP x A \\\"quoted\\\" word\n# TYPE x gauge\nx{a=\"\\\"\"} 1\n# EOF\n";
+        assert_eq!(
+            to_classic(text),
+            "# HELP x A \"quoted\" word\n# TYPE x gauge\nx{a=\"\\\"\"} 1\n"
+        );
     }
 }

@@ -1,4 +1,6 @@
-//! `ecl-gate profiles check`: validates every profile under a root, one line each.
+//! `ecl-gate profiles check`: validates every profile under a root, one line each; with a
+//! proxy-mode configuration, also that every tool a profile allows has an upstream, so CI can
+//! refuse a profile that would run without one.
 //! `ecl-gate profiles diff`: what changed between two versions, by tool and rule.
 
 use std::path::{Path, PathBuf};
@@ -7,14 +9,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::config::Config;
+use crate::config::{load_raw, Config};
 use crate::profile::{is_valid_ref, ProfileStore};
 
 use super::EXIT_PROBLEM;
 
 #[derive(Debug, Subcommand)]
 pub enum ProfilesCommand {
-    /// Validate every `{id}/{version}.json`; exits 1 if any is invalid
+    /// Validate every `{id}/{version}.json`; exits 1 if any is invalid, or, with a proxy-mode
+    /// configuration, if a profile allows a tool that has no `[upstreams."…"]`
     Check {
         /// Profiles root; default: the configured `profiles_root`
         root: Option<PathBuf>,
@@ -87,10 +90,11 @@ fn diff(
 }
 
 fn check(root: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let root = match root {
-        Some(root) => root,
-        None => Config::load(config)?.profiles_root,
-    };
+    // Only the keys: CI has the configuration but not the secrets it names.
+    let raw = load_raw(config)?;
+    let upstreams: Option<std::collections::BTreeSet<String>> =
+        (raw.mode == "proxy").then(|| raw.upstreams.keys().cloned().collect());
+    let root = root.unwrap_or(raw.profiles_root);
     let store = ProfileStore::new(&root);
     let found = store
         .list()
@@ -110,18 +114,41 @@ fn check(root: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<ExitCod
             continue;
         }
         match store.load(id, version) {
-            Ok(profile) => println!(
-                "ok       {id} {version} {} ({} tools)",
-                profile.ref_hash,
-                profile.tools().len()
-            ),
+            Ok(profile) => {
+                let unrouted: Vec<&str> = match &upstreams {
+                    Some(routed) => profile
+                        .tools()
+                        .iter()
+                        .map(|tool| tool.name.as_str())
+                        .filter(|tool| !routed.contains(*tool))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                if unrouted.is_empty() {
+                    println!(
+                        "ok       {id} {version} {} ({} tools)",
+                        profile.ref_hash,
+                        profile.tools().len()
+                    );
+                } else {
+                    invalid += 1;
+                    println!(
+                        "unrouted {id} {version}: no `[upstreams.\"…\"]` for {}; proxy mode would record its ALLOWs as `no_upstream`",
+                        unrouted
+                            .iter()
+                            .map(|tool| format!("`{tool}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
             Err(err) => {
                 invalid += 1;
                 println!("invalid  {id} {version}: {err}");
             }
         }
     }
-    println!("{} profiles, {invalid} invalid", found.len());
+    println!("{} profiles, {invalid} invalid or unrouted", found.len());
     Ok(if invalid == 0 {
         ExitCode::SUCCESS
     } else {

@@ -16,7 +16,7 @@ use crate::decision::Runtime;
 use crate::ledger::{Ledger, PgLedger, PURGE_EVERY};
 use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
-use crate::proxy::{missing_upstream, Proxy};
+use crate::proxy::{tools_without_upstream, Proxy, SHUTDOWN_RECORDING};
 use crate::server::{Gate, Server};
 
 use super::EXIT_CONFIG;
@@ -45,16 +45,14 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     for name in crate::config::service_link_variables() {
         tracing::debug!(%name, "ignoring a Kubernetes service-link variable");
     }
+    // Validation ran before logging existed; its warnings are the operator's to see.
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 
     let profiles = ProfileStore::new(&config.profiles_root);
     preload_profiles(&profiles)?;
-    let proxy = match proxy_mode(&config, &profiles)? {
-        Ok(proxy) => proxy,
-        Err(message) => {
-            eprintln!("error: invalid configuration: {message}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
-    };
+    let proxy = proxy_mode(&config, &profiles)?;
 
     let metrics = Arc::new(Metrics::new(&Runtime::current()));
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
@@ -89,16 +87,20 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         gate.metrics = Arc::clone(&metrics);
         match &config.single_use_ledger {
             None => {}
-            Some(LedgerConfig::File(path)) => {
+            Some(LedgerConfig::File(template)) => {
+                let path = &expand_path(&template.to_string_lossy(), std::process::id(), &hostname);
                 let ledger = UsedTokens::open(path).with_context(|| {
                     format!("cannot open the single-use ledger `{}`", path.display())
                 })?;
+                tracing::info!(ledger = %path.display(), "approvals are single use");
                 gate.used_tokens = Some(Ledger::File(Arc::new(ledger)));
             }
             Some(LedgerConfig::Postgres(settings)) => {
                 let ledger = PgLedger::connect(settings, &hostname)
                     .await
-                    .map_err(|err| anyhow::anyhow!("{err}; refusing to start (approvals.ledger)"))?;
+                    .map_err(|err| {
+                        anyhow::anyhow!("{err}; refusing to start (approvals.ledger)")
+                    })?;
                 tracing::info!(url = %ledger.url(), "single-use ledger in PostgreSQL");
                 let ledger = Arc::new(ledger);
                 tokio::spawn(maintain_ledger(
@@ -119,8 +121,11 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         let serving = Arc::new(AtomicBool::new(false));
         let admin = Admin::bind(config.admin_listen, Arc::clone(&gate), Arc::clone(&serving))
             .await
-            .with_context(|| format!("cannot listen on `{}` (admin_listen)", config.admin_listen))?;
+            .with_context(|| {
+                format!("cannot listen on `{}` (admin_listen)", config.admin_listen)
+            })?;
         let admin_addr = admin.local_addr()?;
+        let mut signals = StopSignals::install().context("cannot listen for SIGTERM")?;
         // Ready from the moment the listener is bound: connections wait in its backlog until
         // the accept loop runs, and whoever reads the "serving" line below may probe at once.
         serving.store(true, Ordering::Release);
@@ -151,17 +156,13 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
         };
         let admin_task = tokio::spawn(admin.run(admin_stopping));
         let serve = tokio::spawn(server.run(stopping));
-        shutdown_signal().await;
+        signals.next().await;
         tracing::info!(grace = ?config.shutdown_grace, "stopping: finishing requests in flight");
         serving.store(false, Ordering::Release);
         stop.notify_waiters();
         tokio::select! {
-            finished = tokio::time::timeout(config.shutdown_grace, serve) => {
-                if finished.is_err() {
-                    tracing::warn!("requests still in flight after the grace period; stopping anyway");
-                }
-            }
-            () = shutdown_signal() => {
+            () = stop_serving(serve, gate.proxy.clone(), config.shutdown_grace) => {}
+            () = signals.next() => {
                 tracing::warn!("second signal: exiting at once");
                 std::process::exit(130);
             }
@@ -204,6 +205,42 @@ async fn maintain_ledger(ledger: Arc<PgLedger>, clock_skew: std::time::Duration)
             Err(err) => tracing::warn!(error = %err, "cannot purge expired approvals"),
         }
     }
+}
+
+/// The rest of a stop: requests in flight get `grace`; then calls still waiting on a tool are
+/// cut off, each recorded with outcome `shutdown` and answered, so no forwarded call is left
+/// without an outcome record.
+async fn stop_serving(
+    mut serve: tokio::task::JoinHandle<()>,
+    proxy: Option<Arc<Proxy>>,
+    grace: std::time::Duration,
+) {
+    if tokio::time::timeout(grace, &mut serve).await.is_ok() {
+        return;
+    }
+    if let Some(proxy) = proxy.filter(|p| p.forwarding() > 0) {
+        tracing::warn!(
+            calls = proxy.forwarding(),
+            "grace period over with calls still waiting on their tools: recording them as \
+             `shutdown` and answering their agents"
+        );
+        proxy.stop_forwarding();
+        let recorded = tokio::time::timeout(SHUTDOWN_RECORDING, async {
+            proxy.idle().await;
+            let _ = (&mut serve).await;
+        })
+        .await;
+        if recorded.is_ok() {
+            return;
+        }
+        if proxy.forwarding() > 0 {
+            tracing::error!(
+                calls = proxy.forwarding(),
+                "forwarded calls still without an outcome record; stopping anyway"
+            );
+        }
+    }
+    tracing::warn!("requests still in flight after the grace period; stopping anyway");
 }
 
 /// `audit.origin` expanded like the path, with the signer named after it (the usual
@@ -304,20 +341,21 @@ fn log_effective_config(config: &Config) {
     );
 }
 
-/// Proxy mode (issue 4): checks that every tool a loaded profile allows has an upstream
-/// (`Ok(Err(message))` otherwise, a configuration error), then builds the forwarding client.
-fn proxy_mode(
-    config: &Config,
-    profiles: &ProfileStore,
-) -> anyhow::Result<Result<Option<Arc<Proxy>>, String>> {
+/// Proxy mode (issue 4): builds the forwarding client, and names every tool a loaded profile
+/// allows without an upstream. Those do not stop the start (a profile pushed to a running gate
+/// must not crash-loop the next rollout): their ALLOWs are recorded with outcome
+/// `no_upstream`, and `/readyz`, `ecl_tools_without_upstream` and this log report them.
+fn proxy_mode(config: &Config, profiles: &ProfileStore) -> anyhow::Result<Option<Arc<Proxy>>> {
     let Some(proxy_config) = &config.proxy else {
-        return Ok(Ok(None));
+        return Ok(None);
     };
-    if let Some((tool, id, version)) = missing_upstream(profiles, &proxy_config.upstreams) {
-        return Ok(Err(format!(
-            "invalid value for `upstreams`: tool `{tool}` (allowed by profile `{id}` version \
-             `{version}`) has no `[upstreams.\"{tool}\"]`; in proxy mode every allowed tool needs one"
-        )));
+    for gap in tools_without_upstream(profiles, &proxy_config.upstreams) {
+        tracing::warn!(
+            tool = %gap.tool,
+            profile = %gap.profile_id,
+            version = %gap.profile_version,
+            "{gap}"
+        );
     }
     for (tool, upstream) in &proxy_config.upstreams {
         if upstream.url.scheme_str() == Some("http") {
@@ -334,7 +372,7 @@ fn proxy_mode(
         grant_ttl = ?proxy_config.signer.ttl(),
         "proxy mode: ALLOWed calls are forwarded with a grant"
     );
-    Ok(Ok(Some(Arc::new(proxy))))
+    Ok(Some(Arc::new(proxy)))
 }
 
 fn init_logging(config: &Config) {
@@ -350,25 +388,42 @@ fn init_logging(config: &Config) {
     };
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from creation on: created before the "serving" line, so a
+/// signal right after it stops the gate gracefully instead of killing it outright.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(StopSignals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => {},
+                _ = self.terminate.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

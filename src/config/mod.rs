@@ -90,8 +90,10 @@ pub struct RawApprovals {
     pub max_ttl: String,
     #[serde(deserialize_with = "text")]
     pub clock_skew: String,
-    pub single_use: bool,
-    pub used_path: PathBuf,
+    /// Unset: on in proxy mode (the gate executes the call), off in decide mode.
+    pub single_use: Option<bool>,
+    /// Unset: `used-approvals.jsonl` in the audit log's directory.
+    pub used_path: Option<PathBuf>,
     /// `""`: the file at `used_path`; `postgres://…`: a ledger shared by a fleet of gates.
     pub ledger: String,
     /// `""`: the system's and Mozilla's roots.
@@ -172,8 +174,8 @@ impl Default for RawConfig {
             approvals: RawApprovals {
                 max_ttl: "1h".into(),
                 clock_skew: "30s".into(),
-                single_use: false,
-                used_path: "audit/used-approvals.jsonl".into(),
+                single_use: None,
+                used_path: None,
                 ledger: String::new(),
                 ledger_ca_file: String::new(),
                 ledger_password_file: String::new(),
@@ -228,6 +230,11 @@ pub struct Config {
     pub approvals: Approvals,
     /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
     pub single_use_ledger: Option<LedgerConfig>,
+    /// Whether single use was switched off explicitly (logged at start in proxy mode).
+    pub single_use_explicitly_off: bool,
+    /// Start-time warnings for the operator, logged once logging is set up (validation runs
+    /// before it, so a `tracing` call here would be lost).
+    pub warnings: Vec<String>,
     pub log: LogConfig,
     /// Upstreams, grant signer and TLS trust; `Some` exactly in proxy mode.
     pub proxy: Option<proxy::ProxyConfig>,
@@ -300,15 +307,7 @@ impl Config {
     /// Loads from the usual sources: `explicit` (`--config`), else `ECL_CONFIG`, else
     /// [`DEFAULT_CONFIG_PATH`] when it exists; then the environment.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let file = match explicit
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("ECL_CONFIG").map(PathBuf::from))
-        {
-            Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path)),
-            Some(path) => Some(path),
-            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file()),
-        };
-        Config::from_figment(figment(file.as_deref()))
+        Config::from_figment(figment(config_file(explicit)?.as_deref()))
     }
 
     /// Extracts and validates; tests hand in their own figment.
@@ -317,6 +316,28 @@ impl Config {
             .extract()
             .map_err(|err| ConfigError::Extract(Box::new(err)))?;
         raw.validate()
+    }
+}
+
+/// The keys as written, from the same sources as [`Config::load`], without validating them or
+/// reading any file they name: for tools that need a few keys but none of the secrets (e.g.
+/// `profiles check` comparing profiles with the configured upstreams in CI).
+pub fn load_raw(explicit: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    figment(config_file(explicit)?.as_deref())
+        .extract()
+        .map_err(|err| ConfigError::Extract(Box::new(err)))
+}
+
+/// The TOML file to read: `explicit` (`--config`), else `ECL_CONFIG`, else
+/// [`DEFAULT_CONFIG_PATH`] when it exists.
+fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    match explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ECL_CONFIG").map(PathBuf::from))
+    {
+        Some(path) if !path.is_file() => Err(ConfigError::MissingFile(path)),
+        Some(path) => Ok(Some(path)),
+        None => Ok(Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file())),
     }
 }
 
@@ -548,7 +569,8 @@ impl RawConfig {
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("`{}`: {err}", self.log.level)));
         }
-        let single_use_ledger = self.approvals.ledger()?;
+        let single_use_explicitly_off = self.approvals.single_use == Some(false);
+        let single_use_ledger = self.approvals.ledger(mode, &self.audit.path)?;
         let shadow = shadow_candidates(&self.shadow)?;
         let approvals = self.approvals.validate()?;
         // Upstreams and grants are read (credentials, keys) only when they will be used.
@@ -561,11 +583,40 @@ impl RawConfig {
             )?),
             Mode::Decide => None,
         };
+        let shutdown_grace = Duration::from_millis(in_range(
+            "shutdown_grace_ms",
+            self.shutdown_grace_ms,
+            0..=600_000,
+        )?);
+        let mut warnings = Vec::new();
+        if let Some(proxy) = &proxy {
+            warnings.extend(proxy.warnings.iter().cloned());
+            for (tool, upstream) in &proxy.upstreams {
+                if upstream.timeout > shutdown_grace {
+                    warnings.push(format!(
+                        "upstream `{tool}` has `timeout_ms` {} above `shutdown_grace_ms` {}: a call \
+                         still waiting on it when a stop's grace ends is recorded with outcome \
+                         error `shutdown` (the tool may have run it)",
+                        upstream.timeout.as_millis(),
+                        shutdown_grace.as_millis()
+                    ));
+                }
+            }
+            if single_use_explicitly_off {
+                warnings.push(
+                    "`approvals.single_use = false`: one approval may execute its call again and \
+                     again until the token expires"
+                        .to_owned(),
+                );
+            }
+        }
         Ok(Config {
             proxy,
             shadow,
             approvals,
             single_use_ledger,
+            single_use_explicitly_off,
+            warnings,
             listen,
             admin_listen,
             mode,
@@ -573,11 +624,7 @@ impl RawConfig {
             max_body_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             limits,
-            shutdown_grace: Duration::from_millis(in_range(
-                "shutdown_grace_ms",
-                self.shutdown_grace_ms,
-                0..=600_000,
-            )?),
+            shutdown_grace,
             audit: AuditConfig {
                 path_template: self.audit.path,
                 sync,
@@ -646,9 +693,13 @@ impl RawAudit {
     }
 }
 
+/// The single-use ledger's file name when `approvals.used_path` is not set.
+pub const DEFAULT_LEDGER_NAME: &str = "used-approvals.jsonl";
+
 impl RawApprovals {
-    /// `None` when `single_use` is off; a ledger URL without it is refused rather than ignored.
-    fn ledger(&self) -> Result<Option<LedgerConfig>, ConfigError> {
+    /// `None` when single use is off; a ledger URL with single use switched off is refused
+    /// rather than ignored. Single use unset: on in proxy mode, and wherever a URL is given.
+    fn ledger(&self, mode: Mode, audit_path: &str) -> Result<Option<LedgerConfig>, ConfigError> {
         // Ranges are checked whether or not PostgreSQL is used: a typo never waits for the
         // day the ledger is switched on.
         let pool_size = to_usize(in_range(
@@ -667,7 +718,10 @@ impl RawApprovals {
             10..=600_000,
         )?);
         let url = self.ledger.trim();
-        if !self.single_use {
+        let on = self
+            .single_use
+            .unwrap_or(mode == Mode::Proxy || !url.is_empty());
+        if !on {
             if !url.is_empty() {
                 return Err(invalid(
                     "approvals.ledger",
@@ -677,10 +731,9 @@ impl RawApprovals {
             return Ok(None);
         }
         if url.is_empty() {
-            if self.used_path.as_os_str().is_empty() {
-                return Err(invalid("approvals.used_path", "must not be empty"));
-            }
-            return Ok(Some(LedgerConfig::File(self.used_path.clone())));
+            return self
+                .file_ledger(audit_path)
+                .map(|p| Some(LedgerConfig::File(p)));
         }
         if !crate::postgres::is_url(url) {
             return Err(invalid(
@@ -713,6 +766,29 @@ impl RawApprovals {
             }
         }
         Ok(Some(LedgerConfig::Postgres(settings)))
+    }
+
+    /// The file ledger's path (a template: `{pid}`, `{hostname}` expand at start). The default
+    /// sits beside the audit log, the one directory the gate must be able to write anyway (a
+    /// relative default would resolve under a read-only working directory in the image).
+    fn file_ledger(&self, audit_path: &str) -> Result<PathBuf, ConfigError> {
+        if let Some(path) = &self.used_path {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("approvals.used_path", "must not be empty"));
+            }
+            return Ok(path.clone());
+        }
+        let audit = Path::new(audit_path.trim());
+        if audit == Path::new("/dev/null") {
+            return Err(invalid(
+                "approvals.used_path",
+                "single use is on and `audit.path` is `/dev/null`, so there is no directory to \
+                 keep the ledger beside: set `approvals.used_path`, or turn single use off with \
+                 `approvals.single_use = false`",
+            ));
+        }
+        let dir = audit.parent().unwrap_or(Path::new(""));
+        Ok(dir.join(DEFAULT_LEDGER_NAME))
     }
 
     fn validate(self) -> Result<Approvals, ConfigError> {

@@ -24,6 +24,8 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_UPSTREAM_BODY_BYTES: u64 = 1024 * 1024;
 /// Upper bound for `max_upstream_body_bytes`: the answer is buffered to hash and record it.
 pub const MAX_UPSTREAM_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+/// Default for `upstreams.*.max_concurrent`: calls waiting on one tool at once.
+pub const DEFAULT_MAX_CONCURRENT: u64 = 64;
 
 /// Headers the gate sets itself; a configured one would forge or break the call.
 const RESERVED_HEADERS: &[&str] = &[
@@ -38,6 +40,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "keep-alive",
     "proxy-connection",
     "trailer",
+    // The gate names itself; a configured value would be overwritten without a word.
+    "user-agent",
 ];
 
 /// `[upstreams."tool.name"]`, exactly as written.
@@ -50,9 +54,12 @@ pub struct RawUpstream {
     pub method: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// The grant's `aud`; default: `url`.
+    /// The grant's `aud`; default: `url` without its query and fragment.
     #[serde(default)]
     pub audience: Option<String>,
+    /// Calls waiting on this tool at once; one more is not sent (`upstream_busy`).
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
     #[serde(default)]
     pub headers: BTreeMap<String, RawHeaderValue>,
 }
@@ -185,17 +192,19 @@ pub struct ProxyConfig {
     /// Certificates from `tls.ca_file`.
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub public_roots: bool,
+    /// For the operator, logged at start (validation runs before logging is set up).
+    pub warnings: Vec<String>,
 }
 
 /// One tool's real endpoint.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub url: Uri,
-    /// The URL as configured, for the grant's default audience and the outcome record.
-    pub url_text: String,
     pub method: Method,
     pub timeout: Duration,
     pub audience: String,
+    /// Calls waiting on this tool at once (`max_concurrent`).
+    pub max_concurrent: usize,
     /// Values are marked sensitive: `Debug` prints `Sensitive`, never the credential.
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -233,7 +242,8 @@ pub fn validate(
             "does not fit this platform",
         )
     })?;
-    let signer = signing_key(grants)?;
+    let mut warnings = Vec::new();
+    let signer = signing_key(grants, &mut warnings)?;
     let extra_roots = match &tls.ca_file {
         Some(path) => ca_file(path)?,
         None => Vec::new(),
@@ -256,10 +266,11 @@ pub fn validate(
         max_upstream_body_bytes,
         extra_roots,
         public_roots: tls.public_roots,
+        warnings,
     })
 }
 
-fn signing_key(grants: RawGrants) -> Result<GrantSigner, ConfigError> {
+fn signing_key(grants: RawGrants, warnings: &mut Vec<String>) -> Result<GrantSigner, ConfigError> {
     let key = || "grants.signing_key".to_owned();
     let ttl = humantime::parse_duration(&grants.ttl).map_err(|err| {
         invalid(
@@ -293,26 +304,27 @@ fn signing_key(grants: RawGrants) -> Result<GrantSigner, ConfigError> {
     };
     let pem = std::fs::read_to_string(&path)
         .map_err(|err| invalid(key(), format!("cannot read `{}`: {err}", path.display())))?;
-    warn_if_readable_by_others(&path);
+    if readable_by_others(&path) {
+        warnings.push(format!(
+            "grant signing key `{}` is readable by other users; whoever reads it can forge \
+             grants (chmod 0600)",
+            path.display()
+        ));
+    }
     GrantSigner::from_pem(&pem, grants.kid, ttl)
         .map_err(|err| invalid(key(), format!("`{}`: {err}", path.display())))
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+fn readable_by_others(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                "grant signing key is readable by other users; whoever reads it can forge grants (chmod 0600)"
-            );
-        }
-    }
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0)
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
+fn readable_by_others(_path: &Path) -> bool {
+    false
+}
 
 fn ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let key = || "tls.ca_file".to_owned();
@@ -373,9 +385,18 @@ fn upstream(tool: &str, raw: RawUpstream) -> Result<Upstream, ConfigError> {
             format!("{timeout_ms} is outside 1..=600000"),
         ));
     }
-    let audience = raw.audience.unwrap_or_else(|| raw.url.clone());
+    // The default audience is written into every grant and outcome record: a token in the
+    // URL's query must not travel with it.
+    let audience = raw.audience.unwrap_or_else(|| url_without_query(&url));
     if audience.is_empty() {
         return Err(invalid(key("audience"), "must not be empty"));
+    }
+    let max_concurrent = raw.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
+    if !(1..=100_000).contains(&max_concurrent) {
+        return Err(invalid(
+            key("max_concurrent"),
+            format!("{max_concurrent} is outside 1..=100000"),
+        ));
     }
     let mut headers = Vec::with_capacity(raw.headers.len());
     for (name, value) in raw.headers {
@@ -401,12 +422,23 @@ fn upstream(tool: &str, raw: RawUpstream) -> Result<Upstream, ConfigError> {
     }
     Ok(Upstream {
         url,
-        url_text: raw.url,
         method,
         timeout: Duration::from_millis(timeout_ms),
         audience,
+        max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
         headers,
     })
+}
+
+/// `scheme://authority/path`: what may be written down about an upstream. The query may hold
+/// a token and the fragment is never sent; credentials in the authority are refused earlier.
+pub fn url_without_query(url: &Uri) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme_str().unwrap_or("http"),
+        url.authority().map_or("", |a| a.as_str()),
+        url.path()
+    )
 }
 
 /// Resolves a header value; a file's trailing newline (as `echo` and most editors write) is

@@ -26,6 +26,41 @@ fn defaults_are_valid_and_documented() {
     });
 }
 
+// Issue 16: one approval executed a proxied call once per re-send; single use is now the
+// default wherever the gate executes calls, its ledger beside the audit log.
+#[test]
+fn single_use_defaults_by_mode_with_the_ledger_beside_the_audit_log() {
+    Jail::expect_with(|jail| {
+        let config = load_in(jail, None).map_err(|e| e.to_string())?;
+        assert_eq!(file_ledger(&config), None, "decide mode executes nothing");
+        jail.create_file("a.toml", "[audit]\npath = \"/var/log/ecl/{hostname}/audit.log\"\n[approvals]\nsingle_use = true\n")?;
+        let config = load_in(jail, Some("a.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(
+            file_ledger(&config),
+            Some(PathBuf::from(
+                "/var/log/ecl/{hostname}/used-approvals.jsonl"
+            ))
+        );
+        jail.create_file(
+            "b.toml",
+            "[approvals]\nsingle_use = true\nused_path = \"/srv/ledger.jsonl\"\n",
+        )?;
+        let config = load_in(jail, Some("b.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(
+            file_ledger(&config),
+            Some(PathBuf::from("/srv/ledger.jsonl"))
+        );
+        assert!(!config.single_use_explicitly_off);
+        jail.create_file(
+            "c.toml",
+            "[audit]\npath = \"/dev/null\"\n[approvals]\nsingle_use = true\n",
+        )?;
+        let err = load_in(jail, Some("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("invalid value for `approvals.used_path`: single use is on and `audit.path` is `/dev/null`"), "{err}");
+        Ok(())
+    });
+}
+
 #[test]
 fn the_shipped_config_file_holds_every_key_at_its_default() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
@@ -319,5 +354,13 @@ fn shadow_candidates_are_read_and_bad_ones_name_their_key() {
             );
             Ok(())
         });
+    }
+}
+
+/// The file ledger's path template, when the ledger is the file.
+fn file_ledger(config: &Config) -> Option<PathBuf> {
+    match &config.single_use_ledger {
+        Some(LedgerConfig::File(path)) => Some(path.clone()),
+        _ => None,
     }
 }

@@ -42,6 +42,14 @@ pub enum UpstreamError {
     NoUpstream(String),
     #[error("the grant could not be signed: {0}")]
     Grant(String),
+    #[error(
+        "the tool has {0} calls in flight already (its `max_concurrent`); this one was not sent"
+    )]
+    Busy(usize),
+    #[error(
+        "the gate stopped before the tool answered; the tool may or may not have run the call"
+    )]
+    Shutdown,
 }
 
 impl UpstreamError {
@@ -54,6 +62,8 @@ impl UpstreamError {
             UpstreamError::BodyTooLarge(_) => "body_too_large",
             UpstreamError::NoUpstream(_) => "no_upstream",
             UpstreamError::Grant(_) => "grant",
+            UpstreamError::Busy(_) => "upstream_busy",
+            UpstreamError::Shutdown => "shutdown",
         }
     }
 }

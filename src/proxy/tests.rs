@@ -84,6 +84,92 @@ fn the_audience_defaults_to_the_url() {
     });
 }
 
+// Issue 16: the default audience was the whole URL, so a token in the query went into every
+// grant and outcome record.
+#[test]
+fn the_default_audience_drops_query_and_fragment() {
+    Jail::expect_with(|jail| {
+        write_key(jail);
+        jail.create_file(
+            "gate.toml",
+            "mode = \"proxy\"\n[grants]\nsigning_key = \"grant.key\"\n\
+             [upstreams.\"a\"]\nurl = \"https://hooks.example:8443/send?token=S3CRET&x=1\"\n\
+             [upstreams.\"b\"]\nurl = \"https://hooks.example/v1/b#S3CRET\"\n\
+             [upstreams.\"c\"]\nurl = \"http://10.0.0.7?token=S3CRET\"\n",
+        )?;
+        let config = load("gate.toml").map_err(|e| e.to_string())?;
+        let upstreams = config.proxy.unwrap().upstreams;
+        assert_eq!(upstreams["a"].audience, "https://hooks.example:8443/send");
+        assert_eq!(upstreams["b"].audience, "https://hooks.example/v1/b");
+        assert_eq!(upstreams["c"].audience, "http://10.0.0.7/");
+        for upstream in upstreams.values() {
+            assert!(!format!("{upstream:?}").contains("S3CRET") || upstream.url.query().is_some());
+            assert!(!url_without_query(&upstream.url).contains("S3CRET"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn max_concurrent_defaults_and_is_bounded() {
+    Jail::expect_with(|jail| {
+        write_key(jail);
+        jail.create_file("gate.toml", BASE)?;
+        let config = load("gate.toml").map_err(|e| e.to_string())?;
+        assert_eq!(
+            config.proxy.unwrap().upstreams["email.send"].max_concurrent,
+            64
+        );
+        Ok(())
+    });
+    for bad in ["max_concurrent = 0\n", "max_concurrent = 100001\n"] {
+        let message = error_for(bad, |_| {});
+        assert!(
+            message.starts_with("invalid value for `upstreams.\"email.send\".max_concurrent`: "),
+            "{message}"
+        );
+    }
+}
+
+// Issue 16: validation runs before logging, so its warnings travel in the config.
+#[test]
+fn start_warnings_are_collected_for_the_caller_to_log() {
+    Jail::expect_with(|jail| {
+        write_key(jail);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                jail.directory().join("grant.key"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+        }
+        jail.create_file(
+            "gate.toml",
+            &format!("shutdown_grace_ms = 5000\n{BASE}timeout_ms = 6000\n[approvals]\nsingle_use = false\n"),
+        )?;
+        let config = load("gate.toml").map_err(|e| e.to_string())?;
+        let warnings = config.warnings.join("\n");
+        #[cfg(unix)]
+        assert!(
+            warnings.contains("grant signing key `grant.key` is readable by other users"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains(
+                "upstream `email.send` has `timeout_ms` 6000 above `shutdown_grace_ms` 5000"
+            ),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("`approvals.single_use = false`"),
+            "{warnings}"
+        );
+        Ok(())
+    });
+}
+
 /// Loads `extra` on top of [`BASE`] and returns the error message.
 fn error_for(extra: &str, setup: impl FnOnce(&mut Jail)) -> String {
     let mut message = String::new();
@@ -134,6 +220,10 @@ fn bad_upstream_keys_are_config_errors() {
         (
             "headers = { Host = \"x\" }\n",
             "upstreams.\"email.send\".headers.Host",
+        ),
+        (
+            "headers = { \"user-agent\" = \"x\" }\n",
+            "upstreams.\"email.send\".headers.user-agent",
         ),
         (
             "[upstreams.\"x\"]\nurl = \"ftp://files/x\"\n",

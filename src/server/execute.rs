@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::approval::Spend;
 use crate::canonical;
@@ -89,7 +90,7 @@ where
     };
     // Shedding load before reading the body keeps an overload cheap; the refusal is still a
     // decision with its record.
-    let Ok(_permit) = Arc::clone(&gate.in_flight).try_acquire_owned() else {
+    let Ok(permit) = Arc::clone(&gate.in_flight).try_acquire_owned() else {
         let rejection = Rejection {
             reason: ReasonCode::Overloaded,
             request_hash: canonical::sha256_prefixed(b""),
@@ -102,7 +103,7 @@ where
             normalized: None,
         };
         let decision = (gate.decide)(Attempt::Rejected(&rejection), &gate.context, arrival.wall);
-        return record_and_respond(&gate, decision, arrival, arrival.wall).await;
+        return record_and_respond(&gate, decision, arrival, arrival.wall, None).await;
     };
     let declared = request
         .headers()
@@ -117,7 +118,7 @@ where
     )
     .await;
 
-    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival))
+    let attempt = AssertUnwindSafe(decide_and_record(&gate, &body, arrival, permit))
         .catch_unwind()
         .await;
     match attempt {
@@ -127,7 +128,7 @@ where
             // is an INTERNAL_ERROR of its own, recorded like any other decision.
             tracing::error!("panic while deciding; answering INTERNAL_ERROR");
             let decision = internal_error(&gate, body.as_ref().ok());
-            record_and_respond(&gate, decision, arrival, SystemTime::now()).await
+            record_and_respond(&gate, decision, arrival, SystemTime::now(), None).await
         }
     }
 }
@@ -136,6 +137,7 @@ async fn decide_and_record(
     gate: &Gate,
     body: &Result<Bytes, super::body::BodyFailure>,
     arrival: Arrival,
+    permit: OwnedSemaphorePermit,
 ) -> Response<Full<Bytes>> {
     // The decision time, at the precision the audit record keeps, so a replay at the recorded
     // `decided_at` sees exactly the instant this decision saw.
@@ -156,7 +158,7 @@ async fn decide_and_record(
         }
     };
     let decision = spend_approval(gate, decision, now).await;
-    record_and_respond(gate, decision, arrival, now).await
+    record_and_respond(gate, decision, arrival, now, Some(permit)).await
 }
 
 /// With `approvals.single_use`, an ALLOW that relied on an approval spends it first; a token
@@ -233,11 +235,15 @@ struct Arrival {
 
 /// Appends the decision's record, then answers. Nothing is answered before its record is
 /// written; a record that cannot be written turns the answer into a 503 DENY.
+///
+/// `deciding` is this request's `max_in_flight` place: it is given back once the decision is
+/// recorded, before a call is forwarded, so calls waiting on a tool never crowd out deciding.
 async fn record_and_respond(
     gate: &Gate,
     decision: Decision,
     arrival: Arrival,
     decided: SystemTime,
+    deciding: Option<OwnedSemaphorePermit>,
 ) -> Response<Full<Bytes>> {
     let timestamps = Timestamps {
         received_at: rfc3339(arrival.wall),
@@ -273,13 +279,22 @@ async fn record_and_respond(
             (StatusCode::SERVICE_UNAVAILABLE, failed, None)
         }
     };
-    let response = match (&gate.proxy, &audit) {
+    // Deciding and recording end here; a forwarded call's time is the tool's, measured apart.
+    drop(deciding);
+    let elapsed = arrival.clock.elapsed();
+    gate.metrics.decided(
+        answered.decision_type,
+        answered.reason,
+        elapsed.as_secs_f64(),
+    );
+    log_decision(gate, &answered, audit.as_ref(), elapsed);
+    match (&gate.proxy, &audit) {
         // Proxy mode: only now, with the decision record persisted, may an ALLOW be forwarded;
         // the outcome gets its own record before the answer leaves.
         (Some(proxy), Some(block)) => {
             let mut body = answered.body(audit.as_ref());
             let status = proxy
-                .execute(&gate.audit, &answered, block, &mut body)
+                .execute(&gate.audit, &gate.metrics, &answered, block, &mut body)
                 .await;
             let mut bytes = Vec::with_capacity(BODY_CAPACITY);
             canonical::write_canonical(&body, &mut bytes);
@@ -292,15 +307,7 @@ async fn record_and_respond(
             answered.write_body(audit.as_ref(), &mut bytes);
             respond(status, bytes)
         }
-    };
-    let elapsed = arrival.clock.elapsed();
-    gate.metrics.decided(
-        answered.decision_type,
-        answered.reason,
-        elapsed.as_secs_f64(),
-    );
-    log_decision(gate, &answered, audit.as_ref(), elapsed);
-    response
+    }
 }
 
 /// One `debug` line per decision, for operators who turn it on

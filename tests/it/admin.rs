@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ecl_gate::canonical::{self, Value};
 
-use crate::cli::{drain_logs, get, post, spawn_serve_with_admin};
+use crate::cli::{get, logs_until_stopped, post, spawn_serve_with_admin};
 use crate::common::*;
 
 fn sigterm(pid: u32) {
@@ -214,7 +214,7 @@ fn logs_never_carry_arguments_or_snapshots() {
     );
     sigterm(child.id());
     assert!(child.wait().unwrap().success());
-    let logs = drain_logs();
+    let logs = logs_until_stopped();
     let decisions: Vec<&String> = logs.iter().filter(|l| l.contains("\"decision\"")).collect();
     assert_eq!(
         decisions.len(),
@@ -252,14 +252,7 @@ fn decisions_are_not_logged_by_default() {
     assert_eq!(answer["decision_type"].str(), "ALLOW");
     sigterm(child.id());
     assert!(child.wait().unwrap().success());
-    // The reader thread forwards lines as they come; the last one is the stop.
-    let mut logs = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !logs.iter().any(|l: &String| l.contains("stopped")) {
-        assert!(std::time::Instant::now() < deadline, "{}", logs.join("\n"));
-        logs.extend(drain_logs());
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let logs = logs_until_stopped();
     assert!(
         logs.iter().all(|l| !l.contains("\"decision\"")),
         "{}",

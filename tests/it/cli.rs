@@ -259,6 +259,24 @@ pub fn drain_logs() -> Vec<String> {
     })
 }
 
+/// Every log line up to the gate's last one (`stopped`), for a gate that was told to stop:
+/// the reader thread forwards lines as they come, so after `wait()` some may still be on the
+/// way, and `drain_logs` alone could miss them (a test once flaked on that).
+pub fn logs_until_stopped() -> Vec<String> {
+    let mut logs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logs.iter().any(|l: &String| l.contains("stopped")) {
+        assert!(
+            Instant::now() < deadline,
+            "the gate never logged `stopped`:\n{}",
+            logs.join("\n")
+        );
+        logs.extend(drain_logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    logs
+}
+
 /// A minimal HTTP/1.1 GET over a std socket; returns status and body.
 pub fn get(addr: &str, path: &str) -> (u16, String) {
     use std::io::Read;

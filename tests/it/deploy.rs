@@ -7,11 +7,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ecl_gate::config::{figment, Config, RawConfig};
 use ecl_gate::decision::{decide, Attempt, Context};
 use ecl_gate::profile::ProfileStore;
-use ecl_gate::proxy::missing_upstream;
+use ecl_gate::proxy::tools_without_upstream;
 use figment::Jail;
 use serde_yaml::Value as Yaml;
 
@@ -22,6 +23,7 @@ use crate::demo_tool;
 const IMAGE: &str = "ecl-gate:local";
 const GATE_PORT: u16 = 8000;
 const TOOL_PORT: u16 = 8080;
+const ADMIN_PORT: u16 = 9000;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -372,6 +374,21 @@ fn compose_puts_the_tool_on_an_internal_network_only_the_gate_joins() {
     );
     let config = check_gate_env(&gate_env, Some(&deploy("compose/gate.toml"))).unwrap();
     check_route(&config, "demo-tool");
+    check_stop_and_ledger(
+        &config,
+        &services["gate"]["stop_grace_period"],
+        "compose gate",
+    );
+    // The admin listener stays on the gate's loopback: the agents' network never reaches it
+    // (the image's HEALTHCHECK runs inside the container).
+    assert!(
+        config.admin_listen.ip().is_loopback(),
+        "{}",
+        config.admin_listen
+    );
+    for (name, service) in services.as_mapping().unwrap() {
+        check_compose_resources(str_of(name), service);
+    }
     assert!(
         seq(&services["gate"]["volumes"])
             .iter()
@@ -413,7 +430,7 @@ fn compose_puts_the_tool_on_an_internal_network_only_the_gate_joins() {
     );
     assert_eq!(
         get("TOOL_URL"),
-        config.proxy.unwrap().upstreams["demo.echo"].url_text
+        config.proxy.unwrap().upstreams["demo.echo"].url.to_string()
     );
     let script = read(&deploy("compose/agent/agent.sh"));
     assert!(script.contains("/agent/allow.json") && script.contains("/agent/deny.json"));
@@ -536,6 +553,7 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
                 Yaml::Bool(true),
                 "{container_name}"
             );
+            check_k8s_resources(&format!("{name}/{container_name}"), &container["resources"]);
             let env = env_pairs(&container["env"]);
             // Secrets read into env must be generated too.
             for item in seq(&container["env"]) {
@@ -594,6 +612,18 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
                 assert!(env_pairs(&container["env"])
                     .contains(&("ECL_CONFIG".into(), "/etc/ecl-gate/ecl-gate.toml".into())));
                 assert!(str_of(&config_mount["name"]).contains("config"));
+                check_stop_and_ledger(&config, &pod["terminationGracePeriodSeconds"], name);
+                let audit_mount = seq(&container["volumeMounts"])
+                    .iter()
+                    .find(|m| str_of(&m["name"]) == "audit")
+                    .unwrap();
+                // A file ledger lives on the audit volume; a PostgreSQL one (the gateway) is
+                // checked by k8s_gateway_scales_out_….
+                if let ecl_gate::config::LedgerConfig::File(path) =
+                    config.single_use_ledger.as_ref().unwrap()
+                {
+                    assert!(path.starts_with(str_of(&audit_mount["mountPath"])));
+                }
                 gate_config = Some(config);
             } else if name == "demo-tool" {
                 assert_eq!(image, IMAGE);
@@ -625,13 +655,120 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
         Some(u64::from(TOOL_PORT))
     );
     check_route(&config, "demo-tool");
-    // Every tool the shipped profile allows has an upstream (what `serve` checks at start).
+    // Every tool the shipped profile allows has an upstream (what `serve` reports at start).
     let store = ProfileStore::new(deploy(&format!("{dir}/profiles")));
     assert_eq!(
-        missing_upstream(&store, &config.proxy.as_ref().unwrap().upstreams),
-        None
+        tools_without_upstream(&store, &config.proxy.as_ref().unwrap().upstreams),
+        vec![]
     );
     (docs, config)
+}
+
+/// Issue 16: requests and limits for CPU and memory on every container.
+fn check_k8s_resources(what: &str, resources: &Yaml) {
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                !resources[kind][resource].is_null(),
+                "{what}: no resources.{kind}.{resource}"
+            );
+        }
+    }
+}
+
+fn check_compose_resources(service: &str, definition: &Yaml) {
+    let resources = &definition["deploy"]["resources"];
+    for (kind, resource) in [
+        ("limits", "cpus"),
+        ("limits", "memory"),
+        ("reservations", "cpus"),
+        ("reservations", "memory"),
+    ] {
+        assert!(
+            !resources[kind][resource].is_null(),
+            "{service}: no deploy.resources.{kind}.{resource}"
+        );
+    }
+}
+
+/// Issue 16: the orchestrator's grace period outlasts the gate's own (`shutdown_grace_ms`, then
+/// recording cut-off calls), every upstream answers within the gate's grace, and approvals are
+/// single use with the ledger beside the audit log, never under the read-only working directory.
+fn check_stop_and_ledger(config: &Config, orchestrator_grace: &Yaml, what: &str) {
+    let orchestrator = match orchestrator_grace {
+        Yaml::Number(seconds) => Duration::from_secs(seconds.as_u64().unwrap()),
+        Yaml::String(text) => humantime::parse_duration(text).unwrap(),
+        other => panic!("{what}: no grace period for the orchestrator's stop: {other:?}"),
+    };
+    assert!(
+        orchestrator > config.shutdown_grace + ecl_gate::proxy::SHUTDOWN_RECORDING,
+        "{what}: {orchestrator:?} leaves the gate no time to record cut-off calls"
+    );
+    for (tool, upstream) in &config.proxy.as_ref().unwrap().upstreams {
+        assert!(upstream.timeout <= config.shutdown_grace, "{what}: {tool}");
+    }
+    let ledger = config
+        .single_use_ledger
+        .as_ref()
+        .expect("single use in proxy mode");
+    if let ecl_gate::config::LedgerConfig::File(path) = ledger {
+        assert!(
+            path.starts_with("/var/lib/ecl-gate/audit"),
+            "{what}: {ledger:?}"
+        );
+    }
+}
+
+/// NetworkPolicy ingress rules admitting `port`, each from a named peer (never everyone).
+fn rules_for_port(policy: &Yaml, port: u16) -> Vec<&Yaml> {
+    seq(&policy["spec"]["ingress"])
+        .iter()
+        .filter(|rule| {
+            seq(&rule["ports"])
+                .iter()
+                .any(|p| p["port"].as_u64() == Some(u64::from(port)))
+        })
+        .collect()
+}
+
+/// Issue 16: the admin listener is bound beyond loopback for the kubelet; a policy must keep the
+/// rest of the cluster off it.
+fn check_admin_restricted(docs: &[Yaml], pod_labels: &Yaml, agent_labels: &Yaml) {
+    let selects_pod = |policy: &&Yaml| {
+        policy["spec"]["podSelector"]["matchLabels"]
+            .as_mapping()
+            .is_some_and(|m| m.iter().all(|(k, v)| &pod_labels[str_of(k)] == v))
+    };
+    let policies: Vec<&Yaml> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("NetworkPolicy"))
+        .filter(selects_pod)
+        .collect();
+    assert!(
+        !policies.is_empty(),
+        "no NetworkPolicy selects the gate's pods"
+    );
+    for policy in policies {
+        assert!(seq(&policy["spec"]["policyTypes"])
+            .iter()
+            .any(|t| t.as_str() == Some("Ingress")));
+        for rule in rules_for_port(policy, ADMIN_PORT) {
+            for peer in seq(&rule["from"]) {
+                let pods = peer["podSelector"]["matchLabels"].as_mapping().unwrap();
+                assert!(!pods.is_empty(), "admin open to every pod: {peer:?}");
+                assert!(peer["ipBlock"].is_null());
+                // Agents never reach the admin listener.
+                assert!(
+                    !pods.iter().all(|(k, v)| &agent_labels[str_of(k)] == v),
+                    "agents admitted to the admin port"
+                );
+            }
+        }
+        // An ingress rule without `ports` would admit its peers to every port.
+        for rule in seq(&policy["spec"]["ingress"]) {
+            assert!(!seq(&rule["ports"]).is_empty(), "{rule:?}");
+        }
+    }
 }
 
 /// What the kubelet injects into every pod for every Service in its namespace (when
@@ -749,6 +886,9 @@ fn k8s_sidecar_mounts_the_signing_key_into_the_gate_container_only() {
         agent_env[0].1,
         format!("http://127.0.0.1:{GATE_PORT}/v1/execute")
     );
+    assert_eq!(config.admin_listen.port(), ADMIN_PORT);
+    let labels = &agent["spec"]["template"]["metadata"]["labels"];
+    check_admin_restricted(&docs, labels, labels);
 }
 
 #[test]
@@ -802,6 +942,7 @@ fn k8s_gateway_admits_tool_ingress_from_gate_pods_only() {
         agent_env[0].1,
         format!("http://ecl-gate:{GATE_PORT}/v1/execute")
     );
+    check_admin_restricted(&docs, gate_labels, agent_labels);
     // And the gate admits agents, by the label the agent pods carry.
     let gate_policy = find(&docs, "NetworkPolicy", "ecl-gate-ingress-from-agents");
     let from = &seq(&gate_policy["spec"]["ingress"])[0]["from"];

@@ -20,6 +20,7 @@ mod pg;
 mod profiles;
 mod props;
 mod proxy;
+mod proxy_ops;
 mod replay;
 mod schemas;
 mod shadow;

@@ -53,6 +53,7 @@ fn upstream(url: &str) -> RawUpstream {
         method: None,
         timeout_ms: Some(5_000),
         audience: None,
+        max_concurrent: None,
         headers: BTreeMap::new(),
     }
 }
@@ -839,27 +840,6 @@ fn serve_config(dir: &Path, tools: &[&str]) -> PathBuf {
     let path = dir.join("gate.toml");
     std::fs::write(&path, toml).unwrap();
     path
-}
-
-#[test]
-fn serve_refuses_to_start_when_an_allowed_tool_has_no_upstream() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = serve_config(dir.path(), &["email.send"]);
-    let out = gate_command()
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("invalid value for `upstreams`: tool `")
-            && stderr.contains("in proxy mode every allowed tool needs one"),
-        "{stderr}"
-    );
-    // The audit log was never opened: nothing was served.
-    assert!(!dir.path().join("audit.log").exists());
 }
 
 #[test]

@@ -50,7 +50,7 @@ pub(crate) fn openapi_validator(doc: &Json, schema: &Json) -> Validator {
     jsonschema::draft202012::new(&wrapped).unwrap_or_else(|err| panic!("{schema}: {err}"))
 }
 
-fn component(doc: &Json, name: &str) -> Validator {
+pub(crate) fn component(doc: &Json, name: &str) -> Validator {
     assert!(
         doc["components"]["schemas"].get(name).is_some(),
         "no component schema {name}"
@@ -618,9 +618,9 @@ fn every_openapi_example_validates_against_its_schema() {
         }
     }
     println!("openapi examples valid: {checked}");
-    // 5 requests, 6 decisions (200), 1 decision (503), 4 admin JSON bodies (ready, degraded,
-    // not ready, checkpoint off), 1 metrics text, 3 component examples.
-    assert_eq!(checked, 20);
+    // 5 requests, 6 decisions (200), 1 decision (503), 5 admin JSON bodies (readyz with
+    // warnings included, degraded), 2 metrics texts (classic and OpenMetrics), 3 component examples.
+    assert_eq!(checked, 22);
 }
 
 /// The example answers are what the gate really answers to the example requests (all but the
