@@ -1030,7 +1030,9 @@ fn k8s_gateway_scales_out_with_one_chain_per_replica_a_shipper_and_a_shared_data
         .unwrap();
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
-        grace * 1000 > pre_stop * 1000 + config.shutdown_grace.as_millis() as u64,
+        grace * 1000
+            > pre_stop * 1000
+                + (config.shutdown_grace + ecl_gate::proxy::SHUTDOWN_RECORDING).as_millis() as u64,
         "terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} s + shutdown_grace {:?}",
         config.shutdown_grace
     );
