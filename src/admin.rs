@@ -6,6 +6,7 @@
 //!   and the audit log takes writes; otherwise 503 with the failing checks named. With shadow
 //!   candidates configured, a `shadow` member says whether each is evaluated (never a 503). In
 //!   proxy mode a 200 also lists, under `warnings`, tools a profile allows without an upstream.
+//!   A shared single-use ledger that does not answer makes it 200 `degraded`, naming it.
 //! - `GET /metrics` — Prometheus metrics: OpenMetrics text when the scraper's `Accept` asks for
 //!   `application/openmetrics-text`, classic Prometheus text 0.0.4 otherwise.
 //! - `GET /openapi.yaml` — the API description.
@@ -122,6 +123,11 @@ fn route<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
             metrics
                 .profiles_loaded
                 .set(i64::try_from(state.gate.profiles.loaded_count()).unwrap_or(i64::MAX));
+            if let Some(ledger) = &state.gate.used_tokens {
+                metrics
+                    .ledger_up
+                    .set(i64::from(ledger.unavailable().is_none()));
+            }
             if wants_openmetrics(request) {
                 text(
                     StatusCode::OK,
@@ -234,9 +240,27 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
             "audit checkpoints stopped: the tree thread died; records are still written, restart the gate to sign checkpoints again",
         ));
     }
+    // Degraded, not unready: calls that need no approval are still decided correctly, and
+    // taking every replica out of its Service because the shared database is down would turn
+    // a partial outage into a full one. Approved calls are denied meanwhile (fail closed).
+    let degraded = state.gate.used_tokens.as_ref().and_then(|ledger| {
+        ledger.unavailable().map(|why| {
+            Value::from(format!(
+                "single-use ledger is unavailable (approved calls are denied): {why}"
+            ))
+        })
+    });
     let mut body = crate::canonical::Map::new();
     let status = if failing.is_empty() {
-        body.insert("status".into(), "ready".into());
+        match degraded {
+            None => {
+                body.insert("status".into(), "ready".into());
+            }
+            Some(why) => {
+                body.insert("status".into(), "degraded".into());
+                body.insert("degraded".into(), Value::Array(vec![why]));
+            }
+        }
         // Not a reason to take the gate out of service: every gate running the same profiles
         // would go unready at once. Listed so a rollout or an operator sees it.
         let warnings: Vec<Value> = missing_upstreams(state)

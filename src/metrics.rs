@@ -82,6 +82,9 @@ pub struct Metrics {
     pub tls_reload_failures: Counter,
     /// TLS handshakes on the execution listener that failed (bad client certificate, timeout).
     pub tls_handshake_failures: Counter,
+    pub ledger_up: Gauge,
+    pub ledger_spend_duration: Histogram,
+    pub ledger_failures: Counter,
     upstream_calls: Family<UpstreamCallLabels, Counter>,
     upstream_duration: HistogramFamily<ToolLabels>,
     upstream_in_flight: Family<ToolLabels, Gauge>,
@@ -201,6 +204,24 @@ impl Metrics {
             "TLS handshakes on the execution listener that failed (client certificate refused, timeout, not TLS)",
             tls_handshake_failures.clone(),
         );
+        let ledger_up = Gauge::default();
+        registry.register(
+            "ecl_approval_ledger_up",
+            "1 when the single-use ledger answered its last spend or probe, 0 when it did not (approved calls are denied); absent without approvals.single_use",
+            ledger_up.clone(),
+        );
+        let ledger_spend_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "ecl_approval_ledger_spend_duration_seconds",
+            "Time to spend one approval token in the single-use ledger",
+            ledger_spend_duration.clone(),
+        );
+        let ledger_failures = Counter::default();
+        registry.register(
+            "ecl_approval_ledger_failures",
+            "Spends the single-use ledger could not answer (each became a DENY)",
+            ledger_failures.clone(),
+        );
         let upstream_calls = Family::<UpstreamCallLabels, Counter>::default();
         registry.register(
             "ecl_upstream_calls",
@@ -270,6 +291,9 @@ impl Metrics {
             auth_token_cache_hits,
             tls_reload_failures,
             tls_handshake_failures,
+            ledger_up,
+            ledger_spend_duration,
+            ledger_failures,
             upstream_calls,
             upstream_duration,
             upstream_in_flight,

@@ -117,7 +117,17 @@ impl<'a> Replayer<'a> {
         };
         let caller = recorded_caller(record)?;
         let mut replayed = self.decide_at(stored, &caller, decided_at);
-        if let (Some(spent), Some(approval)) = (&mut self.spent, &replayed.approval) {
+        let recorded_spend = record["single_use"]
+            .as_str()
+            .and_then(crate::decision::SpendOutcome::parse);
+        if let (Some(outcome), true) = (
+            recorded_spend,
+            replayed.decision_type == DecisionType::Allow && replayed.approval.is_some(),
+        ) {
+            // The ledger's answer is an input (with a shared ledger, other gates spend too):
+            // replay applies the recorded one.
+            replayed = replayed.after_spend(outcome);
+        } else if let (Some(spent), Some(approval)) = (&mut self.spent, &replayed.approval) {
             let fresh = spent.insert((approval.kid.clone(), approval.jti.clone()));
             if !fresh && replayed.decision_type == DecisionType::Allow {
                 replayed = replayed.approval_already_used();

@@ -44,6 +44,29 @@ pub use verify::{
     verify_files, verify_paths, ChainReport, Verification, VerifyFailure, VerifyReport,
 };
 
+/// The chain fields of one record line (without its `\n`), checked as `audit verify` checks
+/// it: canonical JSON, `record_hash` recomputing. For readers outside this module (the
+/// shipper, `verify --db`); the error says why, with the seq when it could be read.
+pub fn check_record_line(line: &[u8]) -> Result<LineFields, (Option<u64>, String)> {
+    let mut scratch = Vec::new();
+    match record::check_line(line, &mut scratch) {
+        Ok(checked) => Ok(LineFields {
+            seq: checked.seq,
+            prev_hash: checked.prev_hash.into_owned(),
+            record_hash: checked.record_hash.into_owned(),
+        }),
+        Err(err) => Err((err.seq, err.reason)),
+    }
+}
+
+/// What [`check_record_line`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineFields {
+    pub seq: u64,
+    pub prev_hash: String,
+    pub record_hash: String,
+}
+
 /// `prev_hash` of the first record of a chain.
 pub const GENESIS: &str = "sha256:GENESIS";
 

@@ -15,6 +15,7 @@ use crate::audit::{segment, verify_files, verify_paths, ChainReport, VerifyRepor
 use super::EXIT_PROBLEM;
 
 mod proofs;
+mod ship;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -25,8 +26,21 @@ pub enum AuditCommand {
     /// renamed segment is reported. A directory stands for the files in it (hidden files and
     /// tails set aside by `serve --audit-repair` are skipped and listed).
     Verify {
-        #[arg(required = true, value_name = "PATH")]
+        #[arg(required_unless_present = "db", value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Verify the trail shipped to this PostgreSQL database instead of files: every
+        /// stream's chain, contiguity from seq 0 and stored checkpoints (`--pubkey` checks
+        /// their signatures; repeat it for a fleet with several keys)
+        #[arg(long, value_name = "URL", conflicts_with_all = ["paths", "in_order", "checkpoint"])]
+        db: Option<String>,
+        /// With `--db`: only this stream
+        #[arg(long, value_name = "S", requires = "db")]
+        stream: Option<String>,
+        /// With `--db`: more checkpoint public keys
+        #[arg(long = "also-pubkey", value_name = "K", requires = "db")]
+        also_pubkeys: Vec<String>,
+        #[command(flatten)]
+        pg: ship::PgArgs,
         /// Check the files as one chain in exactly the order given (for archived files whose
         /// names no longer say where they belong)
         #[arg(long)]
@@ -40,6 +54,13 @@ pub enum AuditCommand {
         #[arg(long, value_name = "K")]
         pubkey: Option<String>,
     },
+    /// Copy audit logs into PostgreSQL, every record exactly once, and follow them
+    ///
+    /// Follows each chain under PATH (files or directories: rolled segments, the active file,
+    /// new streams appearing) and its `.checkpoints`; one row per record keyed by (stream,
+    /// seq). Resumes from what the database holds after a restart, comparing what was shipped
+    /// before; a record whose (stream, seq) is stored with another hash stops that stream.
+    Ship(ship::ShipArgs),
     /// Print an inclusion proof of one record (C2SP tlog-proof style), against a checkpoint
     Prove {
         #[arg(required = true, value_name = "PATH")]
@@ -77,6 +98,20 @@ pub enum AuditCommand {
 
 pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
+        AuditCommand::Ship(args) => ship::ship(&args),
+        AuditCommand::Verify {
+            db: Some(url),
+            stream,
+            pubkey,
+            also_pubkeys,
+            pg,
+            ..
+        } => ship::verify_db(
+            &url,
+            stream.as_deref(),
+            pubkey.into_iter().chain(also_pubkeys).collect(),
+            &pg,
+        ),
         AuditCommand::Verify {
             paths,
             checkpoint: Some(checkpoint),

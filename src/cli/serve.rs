@@ -12,8 +12,9 @@ use crate::admin::Admin;
 use crate::approval::UsedTokens;
 use crate::audit::{expand_path, AuditError, AuditLog, AuditSettings, FileOptions};
 use crate::auth::Authenticator;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LedgerConfig, LogFormat};
 use crate::decision::Runtime;
+use crate::ledger::{Ledger, PgLedger, PURGE_EVERY};
 use crate::metrics::Metrics;
 use crate::profile::{is_valid_ref, ProfileStore};
 use crate::proxy::{tools_without_upstream, Proxy, SHUTDOWN_RECORDING};
@@ -117,13 +118,30 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     runtime.block_on(async {
         let mut gate = Gate::new(&config, profiles, audit);
         gate.metrics = Arc::clone(&metrics);
-        if let Some(template) = &config.single_use_ledger {
-            let path = &expand_path(&template.to_string_lossy(), std::process::id(), &hostname);
-            let ledger = UsedTokens::open(path).with_context(|| {
-                format!("cannot open the single-use ledger `{}`", path.display())
-            })?;
-            tracing::info!(ledger = %path.display(), "approvals are single use");
-            gate.used_tokens = Some(Arc::new(ledger));
+        match &config.single_use_ledger {
+            None => {}
+            Some(LedgerConfig::File(template)) => {
+                let path = &expand_path(&template.to_string_lossy(), std::process::id(), &hostname);
+                let ledger = UsedTokens::open(path).with_context(|| {
+                    format!("cannot open the single-use ledger `{}`", path.display())
+                })?;
+                tracing::info!(ledger = %path.display(), "approvals are single use");
+                gate.used_tokens = Some(Ledger::File(Arc::new(ledger)));
+            }
+            Some(LedgerConfig::Postgres(settings)) => {
+                let ledger = PgLedger::connect(settings, &hostname)
+                    .await
+                    .map_err(|err| {
+                        anyhow::anyhow!("{err}; refusing to start (approvals.ledger)")
+                    })?;
+                tracing::info!(url = %ledger.url(), "single-use ledger in PostgreSQL");
+                let ledger = Arc::new(ledger);
+                tokio::spawn(maintain_ledger(
+                    Arc::clone(&ledger),
+                    config.approvals.clock_skew,
+                ));
+                gate.used_tokens = Some(Ledger::Postgres(ledger));
+            }
         }
         gate.proxy = proxy;
         if let Some(escalations) = &config.escalations {
@@ -204,6 +222,36 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
     drop(runtime);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Probes the shared ledger so readiness follows PostgreSQL between spends (and recovers by
+/// itself), and purges rows whose tokens expired; several gates purging at once is harmless.
+async fn maintain_ledger(ledger: Arc<PgLedger>, clock_skew: std::time::Duration) {
+    const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut last_purge: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        ledger.probe().await;
+        if ledger.health().unavailable().is_some()
+            || last_purge.is_some_and(|at| at.elapsed() < PURGE_EVERY)
+        {
+            continue;
+        }
+        last_purge = Some(std::time::Instant::now());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        // A token is refused once `exp + clock_skew` has passed; its row is kept until then.
+        match ledger
+            .purge(now.saturating_sub(clock_skew.as_secs() + 1))
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "purged expired approvals from the ledger"),
+            Err(err) => tracing::warn!(error = %err, "cannot purge expired approvals"),
+        }
+    }
 }
 
 /// The rest of a stop: requests in flight get `grace`; then calls still waiting on a tool are
@@ -329,7 +377,11 @@ fn log_effective_config(config: &Config) {
         approver_keys = ?config.approvals.keys.keys().collect::<Vec<_>>(),
         approvals_max_ttl = ?config.approvals.max_ttl,
         single_use = config.single_use_ledger.is_some(),
-        single_use_ledger = ?config.single_use_ledger,
+        single_use_ledger = match &config.single_use_ledger {
+            Some(LedgerConfig::Postgres(settings)) => crate::postgres::redact(&settings.url),
+            Some(LedgerConfig::File(path)) => path.display().to_string(),
+            None => String::new(),
+        },
         log_include_args = config.log.include_args,
         shutdown_grace = ?config.shutdown_grace,
         auth = if config.auth.mtls { "mtls" } else if config.auth.jwt.is_some() { "jwt" } else { "none" },

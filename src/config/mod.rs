@@ -103,6 +103,15 @@ pub struct RawApprovals {
     pub single_use: Option<bool>,
     /// Unset: `used-approvals.jsonl` in the audit log's directory.
     pub used_path: Option<PathBuf>,
+    /// `""`: the file at `used_path`; `postgres://…`: a ledger shared by a fleet of gates.
+    pub ledger: String,
+    /// `""`: the system's and Mozilla's roots.
+    pub ledger_ca_file: String,
+    /// `""`: the URL's password, else `PGPASSWORD`.
+    pub ledger_password_file: String,
+    pub ledger_pool_size: u64,
+    pub ledger_connect_timeout_ms: u64,
+    pub ledger_timeout_ms: u64,
     pub keys: std::collections::BTreeMap<String, RawApproverKey>,
 }
 
@@ -176,6 +185,12 @@ impl Default for RawConfig {
                 clock_skew: "30s".into(),
                 single_use: None,
                 used_path: None,
+                ledger: String::new(),
+                ledger_ca_file: String::new(),
+                ledger_password_file: String::new(),
+                ledger_pool_size: 8,
+                ledger_connect_timeout_ms: 5_000,
+                ledger_timeout_ms: 2_000,
                 keys: Default::default(),
             },
             log: RawLog {
@@ -226,9 +241,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub audit: AuditConfig,
     pub approvals: Approvals,
-    /// Where spent approval tokens are recorded, when `approvals.single_use` is on; a
-    /// template in which `{pid}` and `{hostname}` expand as in `audit.path`.
-    pub single_use_ledger: Option<PathBuf>,
+    /// Where spent approval tokens are recorded, when `approvals.single_use` is on.
+    pub single_use_ledger: Option<LedgerConfig>,
     /// Whether single use was switched off explicitly (logged at start in proxy mode).
     pub single_use_explicitly_off: bool,
     /// Start-time warnings for the operator, logged once logging is set up (validation runs
@@ -256,6 +270,15 @@ pub struct ShadowCandidate {
     pub profile_id: String,
     pub profile_version: String,
     pub candidate_version: String,
+}
+
+/// The single-use ledger (`approvals.ledger`).
+#[derive(Debug, Clone)]
+pub enum LedgerConfig {
+    /// One host: a locked, fsync'ed file (`approvals.used_path`).
+    File(PathBuf),
+    /// A fleet: one PostgreSQL table every gate spends tokens in.
+    Postgres(crate::postgres::PgSettings),
 }
 
 /// Bounds on what clients can make the gate hold at once.
@@ -707,18 +730,86 @@ impl RawAudit {
 pub const DEFAULT_LEDGER_NAME: &str = "used-approvals.jsonl";
 
 impl RawApprovals {
-    /// Where the single-use ledger goes, `None` when single use is off. The default sits beside
-    /// the audit log, the one directory the gate must be able to write anyway (a relative
-    /// default would resolve under a read-only working directory in the image).
-    fn ledger(&self, mode: Mode, audit_path: &str) -> Result<Option<PathBuf>, ConfigError> {
-        if !self.single_use.unwrap_or(mode == Mode::Proxy) {
+    /// `None` when single use is off; a ledger URL with single use switched off is refused
+    /// rather than ignored. Single use unset: on in proxy mode, and wherever a URL is given.
+    fn ledger(&self, mode: Mode, audit_path: &str) -> Result<Option<LedgerConfig>, ConfigError> {
+        // Ranges are checked whether or not PostgreSQL is used: a typo never waits for the
+        // day the ledger is switched on.
+        let pool_size = to_usize(in_range(
+            "approvals.ledger_pool_size",
+            self.ledger_pool_size,
+            1..=1024,
+        )?);
+        let connect_timeout = Duration::from_millis(in_range(
+            "approvals.ledger_connect_timeout_ms",
+            self.ledger_connect_timeout_ms,
+            100..=600_000,
+        )?);
+        let statement_timeout = Duration::from_millis(in_range(
+            "approvals.ledger_timeout_ms",
+            self.ledger_timeout_ms,
+            10..=600_000,
+        )?);
+        let url = self.ledger.trim();
+        let on = self
+            .single_use
+            .unwrap_or(mode == Mode::Proxy || !url.is_empty());
+        if !on {
+            if !url.is_empty() {
+                return Err(invalid(
+                    "approvals.ledger",
+                    "is set but `approvals.single_use` is off: turn it on, or remove the ledger",
+                ));
+            }
             return Ok(None);
         }
+        if url.is_empty() {
+            return self
+                .file_ledger(audit_path)
+                .map(|p| Some(LedgerConfig::File(p)));
+        }
+        if !crate::postgres::is_url(url) {
+            return Err(invalid(
+                "approvals.ledger",
+                "expected empty (the file at `approvals.used_path`) or a URL like \
+                 `postgres://user@host:5432/db`",
+            ));
+        }
+        // The URL is parsed now so a typo stops the start; the password is read at connect.
+        if let Err(err) = url.parse::<tokio_postgres::Config>() {
+            return Err(invalid(
+                "approvals.ledger",
+                format!("`{}`: {err}", crate::postgres::redact(url)),
+            ));
+        }
+        let path = |text: &str| (!text.trim().is_empty()).then(|| PathBuf::from(text));
+        let mut settings = crate::postgres::PgSettings::new(url);
+        settings.ca_file = path(&self.ledger_ca_file);
+        settings.password_file = path(&self.ledger_password_file);
+        settings.pool_size = pool_size;
+        settings.connect_timeout = connect_timeout;
+        settings.statement_timeout = statement_timeout;
+        settings.application_name = "ecl-gate ledger".into();
+        if let Some(path) = &settings.ca_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "approvals.ledger_ca_file",
+                    format!("`{}` is not a readable file", path.display()),
+                ));
+            }
+        }
+        Ok(Some(LedgerConfig::Postgres(settings)))
+    }
+
+    /// The file ledger's path (a template: `{pid}`, `{hostname}` expand at start). The default
+    /// sits beside the audit log, the one directory the gate must be able to write anyway (a
+    /// relative default would resolve under a read-only working directory in the image).
+    fn file_ledger(&self, audit_path: &str) -> Result<PathBuf, ConfigError> {
         if let Some(path) = &self.used_path {
             if path.as_os_str().is_empty() {
                 return Err(invalid("approvals.used_path", "must not be empty"));
             }
-            return Ok(Some(path.clone()));
+            return Ok(path.clone());
         }
         let audit = Path::new(audit_path.trim());
         if audit == Path::new("/dev/null") {
@@ -730,7 +821,7 @@ impl RawApprovals {
             ));
         }
         let dir = audit.parent().unwrap_or(Path::new(""));
-        Ok(Some(dir.join(DEFAULT_LEDGER_NAME)))
+        Ok(dir.join(DEFAULT_LEDGER_NAME))
     }
 
     fn validate(self) -> Result<Approvals, ConfigError> {

@@ -32,14 +32,11 @@ fn defaults_are_valid_and_documented() {
 fn single_use_defaults_by_mode_with_the_ledger_beside_the_audit_log() {
     Jail::expect_with(|jail| {
         let config = load_in(jail, None).map_err(|e| e.to_string())?;
-        assert_eq!(
-            config.single_use_ledger, None,
-            "decide mode executes nothing"
-        );
+        assert_eq!(file_ledger(&config), None, "decide mode executes nothing");
         jail.create_file("a.toml", "[audit]\npath = \"/var/log/ecl/{hostname}/audit.log\"\n[approvals]\nsingle_use = true\n")?;
         let config = load_in(jail, Some("a.toml")).map_err(|e| e.to_string())?;
         assert_eq!(
-            config.single_use_ledger,
+            file_ledger(&config),
             Some(PathBuf::from(
                 "/var/log/ecl/{hostname}/used-approvals.jsonl"
             ))
@@ -50,7 +47,7 @@ fn single_use_defaults_by_mode_with_the_ledger_beside_the_audit_log() {
         )?;
         let config = load_in(jail, Some("b.toml")).map_err(|e| e.to_string())?;
         assert_eq!(
-            config.single_use_ledger,
+            file_ledger(&config),
             Some(PathBuf::from("/srv/ledger.jsonl"))
         );
         assert!(!config.single_use_explicitly_off);
@@ -389,5 +386,13 @@ fn shadow_candidates_are_read_and_bad_ones_name_their_key() {
             );
             Ok(())
         });
+    }
+}
+
+/// The file ledger's path template, when the ledger is the file.
+fn file_ledger(config: &Config) -> Option<PathBuf> {
+    match &config.single_use_ledger {
+        Some(LedgerConfig::File(path)) => Some(path.clone()),
+        _ => None,
     }
 }

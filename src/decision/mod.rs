@@ -100,8 +100,41 @@ pub struct Decision {
     pub approval: Option<Approval>,
     /// Who asked: an input of the decision, recorded so a replay can hand it back.
     pub caller: Caller,
+    /// What the single-use ledger said about that approval; set after `decide`, by the I/O
+    /// around it, and audited so a replay applies the same outcome.
+    pub single_use: Option<SpendOutcome>,
     /// What a shadow candidate profile decided, set only when it disagrees (issue 17).
     pub shadow: Option<ShadowOutcome>,
+}
+
+/// The single-use ledger's answer for an approved call (`single_use` in the audit record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendOutcome {
+    /// The approval was spent by this call.
+    Spent,
+    /// Spent before, by this gate or another sharing the ledger: DENY `APPROVAL_INVALID`.
+    AlreadyUsed,
+    /// The ledger did not answer: DENY `INTERNAL_ERROR`, the approval left unspent.
+    LedgerUnavailable,
+}
+
+impl SpendOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpendOutcome::Spent => "spent",
+            SpendOutcome::AlreadyUsed => "already_used",
+            SpendOutcome::LedgerUnavailable => "ledger_unavailable",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SpendOutcome> {
+        match text {
+            "spent" => Some(SpendOutcome::Spent),
+            "already_used" => Some(SpendOutcome::AlreadyUsed),
+            "ledger_unavailable" => Some(SpendOutcome::LedgerUnavailable),
+            _ => None,
+        }
+    }
 }
 
 /// A candidate profile version's decision on the same attempt, where it differs from the
@@ -304,6 +337,7 @@ fn evaluate(
         normalized_request: Some(Arc::clone(&request.normalized)),
         approval,
         caller: caller.clone(),
+        single_use: None,
         shadow: None,
     }
 }
@@ -343,6 +377,7 @@ impl Decision {
             normalized_request: None,
             approval: None,
             caller: Caller::anonymous(),
+            single_use: None,
             shadow: None,
         }
     }
@@ -368,6 +403,29 @@ impl Decision {
             ReasonCode::ApprovalInvalid,
             &format!("approval token `{jti}` was already used"),
         )
+    }
+
+    /// The same decision with the single-use ledger's answer recorded.
+    pub fn with_spend(self, outcome: SpendOutcome) -> Decision {
+        Decision {
+            single_use: Some(outcome),
+            ..self
+        }
+    }
+
+    /// The decision a ledger answer makes of a decision that relied on an approval: what
+    /// the gate does after the ledger, and what a replay does with the recorded answer.
+    pub fn after_spend(self, outcome: SpendOutcome) -> Decision {
+        match outcome {
+            SpendOutcome::Spent => self.with_spend(outcome),
+            SpendOutcome::AlreadyUsed => self.approval_already_used().with_spend(outcome),
+            SpendOutcome::LedgerUnavailable => self
+                .overridden(
+                    ReasonCode::InternalError,
+                    "single-use ledger unavailable: the approval was not spent; retry later",
+                )
+                .with_spend(outcome),
+        }
     }
 
     /// `candidate` (the same attempt decided under `candidate_version`) where it disagrees with

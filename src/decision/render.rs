@@ -197,6 +197,9 @@ impl Decision {
         if let Some(shadow) = &self.shadow {
             record.insert("shadow".into(), shadow.to_value());
         }
+        if let Some(outcome) = self.single_use {
+            record.insert("single_use".into(), outcome.as_str().into());
+        }
         record
     }
 
@@ -258,6 +261,9 @@ impl Decision {
         }
         if let Some(shadow) = &self.shadow {
             record.value("shadow", &shadow.to_value());
+        }
+        if let Some(outcome) = self.single_use {
+            record.str("single_use", outcome.as_str());
         }
         let mut moments = record.timestamps();
         moments.str("decided_at", &timestamps.decided_at);
@@ -345,6 +351,7 @@ mod tests {
             normalized_request: None,
             approval: None,
             caller: crate::caller::Caller::anonymous(),
+            single_use: None,
             shadow: None,
         };
         let deny = Decision {

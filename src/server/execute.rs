@@ -21,7 +21,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::approval::Spend;
 use crate::caller::Caller;
 use crate::canonical;
-use crate::decision::{no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, Timestamps};
+use crate::decision::{
+    no_profile_hash, Attempt, AuditBlock, Decision, ReasonCode, SpendOutcome, Timestamps,
+};
 use crate::metrics::InFlight;
 use crate::request::{self, Rejection};
 
@@ -208,7 +210,8 @@ async fn decide_and_record(
 }
 
 /// With `approvals.single_use`, an ALLOW that relied on an approval spends it first; a token
-/// spent before turns the ALLOW into a DENY, and a ledger that cannot be written fails closed.
+/// spent before (by this gate or, with a shared ledger, any other) turns the ALLOW into a
+/// DENY, and a ledger that cannot answer fails closed: DENY, never ALLOW.
 async fn spend_approval(gate: &Gate, decision: Decision, now: SystemTime) -> Decision {
     let (Some(ledger), Some(approval)) = (&gate.used_tokens, &decision.approval) else {
         return decision;
@@ -216,18 +219,20 @@ async fn spend_approval(gate: &Gate, decision: Decision, now: SystemTime) -> Dec
     if decision.decision_type != crate::decision::DecisionType::Allow {
         return decision;
     }
-    let ledger = std::sync::Arc::clone(ledger);
-    let approval = approval.clone();
     let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let spent = tokio::task::spawn_blocking(move || ledger.spend(&approval, now_secs)).await;
+    let started = Instant::now();
+    let spent = ledger.spend(approval, now_secs).await;
+    gate.metrics
+        .ledger_spend_duration
+        .observe(started.elapsed().as_secs_f64());
     match spent {
-        Ok(Ok(Spend::Fresh)) => decision,
-        Ok(Ok(Spend::AlreadyUsed)) => decision.approval_already_used(),
-        Ok(Err(err)) => {
-            tracing::error!(error = %err, "single-use ledger could not be written");
-            decision.overridden(ReasonCode::InternalError, "internal error")
+        Ok(Spend::Fresh) => decision.after_spend(SpendOutcome::Spent),
+        Ok(Spend::AlreadyUsed) => decision.after_spend(SpendOutcome::AlreadyUsed),
+        Err(err) => {
+            gate.metrics.ledger_failures.inc();
+            tracing::error!(error = %err, ledger = ledger.kind(), "approved call denied");
+            decision.after_spend(SpendOutcome::LedgerUnavailable)
         }
-        Err(_) => decision.overridden(ReasonCode::InternalError, "internal error"),
     }
 }
 

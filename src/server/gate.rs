@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::approval::UsedTokens;
 use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::caller::Caller;
@@ -34,7 +33,7 @@ pub struct Gate {
     /// `log.include_args`: tool arguments in decision log lines.
     pub log_args: bool,
     /// The single-use ledger, when `approvals.single_use` is on.
-    pub used_tokens: Option<Arc<UsedTokens>>,
+    pub used_tokens: Option<crate::ledger::Ledger>,
     /// Proxy mode: forwards ALLOWed calls after their decision record is written.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// `escalations.notify`: reports every ESCALATE after its record is written.

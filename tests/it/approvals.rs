@@ -9,7 +9,7 @@ use ecl_gate::canonical::{self, Value};
 use crate::common::*;
 
 /// Runs `ecl-gate keygen` into `dir`; returns the kid and the approver config.
-fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
+pub fn keygen(dir: &Path) -> (String, PathBuf, Approvals) {
     let out = gate_command()
         .args(["keygen", "--out"])
         .arg(dir)
@@ -92,7 +92,7 @@ async fn a_key_made_with_a_kid_signs_with_that_kid() {
     assert_eq!(allowed.1["decision_type"].str(), "ALLOW", "{:?}", allowed.1);
 }
 
-fn approve(key: &Path, what: &[&str]) -> String {
+pub fn approve(key: &Path, what: &[&str]) -> String {
     let out = gate_command()
         .arg("approve")
         .arg("--key")
@@ -109,7 +109,7 @@ fn approve(key: &Path, what: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn deploy(request_id: &str, service: &str) -> Value {
+pub fn deploy(request_id: &str, service: &str) -> Value {
     request_for(
         "ops",
         "1.0.0",
@@ -119,7 +119,7 @@ fn deploy(request_id: &str, service: &str) -> Value {
     )
 }
 
-fn with_token(request: &Value, token: &str) -> Value {
+pub fn with_token(request: &Value, token: &str) -> Value {
     with(
         request.clone(),
         &["controls"],

@@ -115,7 +115,9 @@ impl TestGate {
         }
         gate.context.approvals = options.approvals;
         if let Some(path) = options.single_use_ledger {
-            gate.used_tokens = Some(Arc::new(UsedTokens::open(&path).unwrap()));
+            gate.used_tokens = Some(ecl_gate::ledger::Ledger::File(Arc::new(
+                UsedTokens::open(&path).unwrap(),
+            )));
         }
         gate.auth =
             ecl_gate::auth::Authenticator::load(&options.auth, Arc::clone(&gate.metrics)).unwrap();

@@ -547,10 +547,11 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
     }
 
     let mut gate_config = None;
-    for doc in docs
-        .iter()
-        .filter(|d| d["kind"].as_str() == Some("Deployment"))
-    {
+    for doc in docs.iter().filter(|d| {
+        matches!(d["kind"].as_str(), Some("Deployment" | "StatefulSet"))
+            // The example database is checked on its own (k8s_gateway_scales_out_…).
+            && d["metadata"]["name"].as_str() != Some("ecl-postgres")
+    }) {
         let name = str_of(&doc["metadata"]["name"]);
         let pod = &doc["spec"]["template"]["spec"];
         assert_ne!(pod["shareProcessNamespace"], Yaml::Bool(true), "{name}");
@@ -611,7 +612,34 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
             );
             check_k8s_resources(&format!("{name}/{container_name}"), &container["resources"]);
             let env = env_pairs(&container["env"]);
+            // Secrets read into env must be generated too.
+            for item in seq(&container["env"]) {
+                if let Some(secret) = item["valueFrom"]["secretKeyRef"]["name"].as_str() {
+                    assert!(
+                        generated.contains(secret),
+                        "{name}: `{secret}` is not generated"
+                    );
+                }
+            }
             let image = str_of(&container["image"]);
+            if container_name == "audit-shipper" {
+                // Same image, reads the audit volume only, holds no key or tool secret.
+                assert_eq!(image, IMAGE);
+                assert_eq!(
+                    seq(&container["args"])
+                        .iter()
+                        .take(2)
+                        .map(str_of)
+                        .collect::<Vec<_>>(),
+                    ["audit", "ship"]
+                );
+                for mount in seq(&container["volumeMounts"]) {
+                    assert_eq!(str_of(&mount["name"]), "audit");
+                    assert_eq!(mount["readOnly"], Yaml::Bool(true));
+                }
+                assert!(env.iter().all(|(k, _)| k == "PGPASSWORD"), "{env:?}");
+                continue;
+            }
             if is_gate {
                 assert_eq!(name, gate_pod);
                 assert_eq!(image, IMAGE);
@@ -646,11 +674,13 @@ fn check_k8s(dir: &str, gate_pod: &str) -> (Vec<Yaml>, Config) {
                     .iter()
                     .find(|m| str_of(&m["name"]) == "audit")
                     .unwrap();
-                assert!(config
-                    .single_use_ledger
-                    .as_ref()
-                    .unwrap()
-                    .starts_with(str_of(&audit_mount["mountPath"])));
+                // A file ledger lives on the audit volume; a PostgreSQL one (the gateway) is
+                // checked by k8s_gateway_scales_out_….
+                if let ecl_gate::config::LedgerConfig::File(path) =
+                    config.single_use_ledger.as_ref().unwrap()
+                {
+                    assert!(path.starts_with(str_of(&audit_mount["mountPath"])));
+                }
                 gate_config = Some(config);
             } else if name == "demo-tool" {
                 assert_eq!(image, IMAGE);
@@ -741,10 +771,12 @@ fn check_stop_and_ledger(config: &Config, orchestrator_grace: &Yaml, what: &str)
         .single_use_ledger
         .as_ref()
         .expect("single use in proxy mode");
-    assert!(
-        ledger.starts_with("/var/lib/ecl-gate/audit"),
-        "{what}: {ledger:?}"
-    );
+    if let ecl_gate::config::LedgerConfig::File(path) = ledger {
+        assert!(
+            path.starts_with("/var/lib/ecl-gate/audit"),
+            "{what}: {ledger:?}"
+        );
+    }
 }
 
 /// NetworkPolicy ingress rules admitting `port`, each from a named peer (never everyone).
@@ -922,7 +954,7 @@ fn k8s_sidecar_mounts_the_signing_key_into_the_gate_container_only() {
 #[test]
 fn k8s_gateway_admits_tool_ingress_from_gate_pods_only() {
     let (docs, _) = check_k8s("k8s/gateway", "ecl-gate");
-    let gate = find(&docs, "Deployment", "ecl-gate");
+    let gate = find(&docs, "StatefulSet", "ecl-gate");
     let gate_labels = &gate["spec"]["template"]["metadata"]["labels"];
     let tool = find(&docs, "Deployment", "demo-tool");
     let tool_labels = &tool["spec"]["template"]["metadata"]["labels"];
@@ -1019,6 +1051,13 @@ fn k8s_approver_overlay_keeps_the_inbox_from_agents_and_its_key_in_the_approver(
         .filter_map(|v| v["secret"]["secretName"].as_str())
         .collect();
     assert_eq!(secrets, ["ecl-approver-key"]);
+    // The patch must name the gate as the gateway declares it (a StatefulSet since the fleet).
+    let target = &seq(&kustomization["patches"])[0]["target"];
+    find(
+        &docs_in("k8s/gateway"),
+        str_of(&target["kind"]),
+        str_of(&target["name"]),
+    );
     let patch = str_of(&seq(&kustomization["patches"])[0]["patch"]);
     assert!(
         patch.contains("ecl-notify-key") && !patch.contains("ecl-approver-key"),
@@ -1212,7 +1251,7 @@ fn k8s_gateway_authenticates_agents_by_service_account_tokens() {
     assert_eq!(str_of(&source["audience"]), jwt.audience);
     assert!(source["expirationSeconds"].as_u64().unwrap() <= 3600);
     // The JWKS the gate reads is the ConfigMap the kustomization exports.
-    let gate = find(&docs, "Deployment", "ecl-gate");
+    let gate = find(&docs, "StatefulSet", "ecl-gate");
     let gate_pod = &gate["spec"]["template"]["spec"];
     let jwks_dir = jwt.jwks_file.as_ref().unwrap().parent().unwrap().to_owned();
     let mount = seq(&seq(&gate_pod["containers"])[0]["volumeMounts"])
@@ -1295,5 +1334,89 @@ fn k8s_sidecar_pins_its_profile() {
             "anonymous"
         ),
         "CALLER_NOT_PERMITTED"
+    );
+}
+
+#[test]
+fn k8s_gateway_scales_out_with_one_chain_per_replica_a_shipper_and_a_shared_database() {
+    let (docs, config) = check_k8s("k8s/gateway", "ecl-gate");
+    let gate = find(&docs, "StatefulSet", "ecl-gate");
+    let spec = &gate["spec"];
+    let replicas = spec["replicas"].as_u64().unwrap();
+    assert_eq!(replicas, 3);
+    let pod = &spec["template"]["spec"];
+    let labels = &spec["template"]["metadata"]["labels"];
+
+    // A volume per replica for the audit log, mounted where the log is; the stream is named
+    // after the pod (a StatefulSet pod's hostname is its name).
+    let claims = seq(&spec["volumeClaimTemplates"]);
+    assert_eq!(claims.len(), 1);
+    assert_eq!(str_of(&claims[0]["metadata"]["name"]), "audit");
+    assert!(seq(&pod["volumes"])
+        .iter()
+        .all(|v| str_of(&v["name"]) != "audit"));
+    let template = &config.audit.path_template;
+    assert!(template.contains("{hostname}"), "{template}");
+    let audit_dir = Path::new(template).parent().unwrap().to_str().unwrap();
+    let gate_container = containers(pod)
+        .into_iter()
+        .find(|c| str_of(&c["name"]) == "ecl-gate")
+        .unwrap();
+    let mount = |container: &Yaml| {
+        seq(&container["volumeMounts"])
+            .iter()
+            .find(|m| str_of(&m["name"]) == "audit")
+            .map(|m| str_of(&m["mountPath"]).to_owned())
+    };
+    assert_eq!(mount(gate_container).as_deref(), Some(audit_dir));
+
+    // The shipper follows exactly that directory into the database the ledger uses.
+    let shipper = containers(pod)
+        .into_iter()
+        .find(|c| str_of(&c["name"]) == "audit-shipper")
+        .expect("an audit-shipper beside the gate");
+    assert_eq!(mount(shipper).as_deref(), Some(audit_dir));
+    let args: Vec<&str> = seq(&shipper["args"]).iter().map(str_of).collect();
+    assert_eq!(args.last().copied(), Some(audit_dir));
+    let to = args[args.iter().position(|a| *a == "--to").unwrap() + 1];
+    match &config.single_use_ledger {
+        Some(ecl_gate::config::LedgerConfig::Postgres(settings)) => assert_eq!(settings.url, to),
+        other => panic!("the gateway shares a PostgreSQL ledger, found {other:?}"),
+    }
+    // The database those URLs name is the example's Service, and it is marked as an example.
+    let host = to.split('@').nth(1).unwrap().split(':').next().unwrap();
+    let db_service = find(&docs, "Service", host);
+    assert_eq!(
+        seq(&db_service["spec"]["ports"])[0]["port"].as_u64(),
+        Some(5432)
+    );
+    let postgres_yaml = read(&deploy("k8s/gateway/postgres.yaml"));
+    assert!(
+        postgres_yaml.starts_with("# EXAMPLE ONLY"),
+        "postgres.yaml must say it is an example"
+    );
+    let db = find(&docs, "StatefulSet", host);
+    assert_eq!(db["spec"]["replicas"].as_u64(), Some(1));
+
+    // Voluntary disruptions take at most one replica at a time.
+    let pdb = find(&docs, "PodDisruptionBudget", "ecl-gate");
+    let min_available = pdb["spec"]["minAvailable"].as_u64().unwrap();
+    assert!(min_available >= 1 && min_available < replicas);
+    for (key, value) in pdb["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(&labels[str_of(key)], value);
+    }
+
+    // SIGTERM comes after preStop; in-flight requests get shutdown_grace_ms; the kubelet
+    // waits for both before SIGKILL.
+    let pre_stop = gate_container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace * 1000
+            > pre_stop * 1000
+                + (config.shutdown_grace + ecl_gate::proxy::SHUTDOWN_RECORDING).as_millis() as u64,
+        "terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} s + shutdown_grace {:?}",
+        config.shutdown_grace
     );
 }

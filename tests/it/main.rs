@@ -18,6 +18,8 @@ mod determinism;
 mod execute;
 mod hostile;
 mod internal;
+mod ledger_pg;
+mod pg;
 mod profiles;
 mod props;
 mod proxy;
@@ -25,6 +27,7 @@ mod proxy_ops;
 mod replay;
 mod schemas;
 mod shadow;
+mod ship;
 mod tls;
 mod vectors;
 

@@ -618,9 +618,9 @@ fn every_openapi_example_validates_against_its_schema() {
         }
     }
     println!("openapi examples valid: {checked}");
-    // 5 requests, 6 decisions (200), 1 decision (503), 4 admin JSON bodies (readyz with
-    // warnings included), 2 metrics texts (classic and OpenMetrics), 3 component examples.
-    assert_eq!(checked, 22);
+    // 5 requests, 6 decisions (200), 1 decision (503), 5 admin JSON bodies (readyz with
+    // warnings included, degraded), 2 metrics texts (classic and OpenMetrics), 3 component examples.
+    assert_eq!(checked, 23);
 }
 
 /// The example answers are what the gate really answers to the example requests (all but the
@@ -1286,7 +1286,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 56);
+    assert_eq!(keys, 62);
 }
 
 #[test]
@@ -1305,6 +1305,7 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[auth.jwt.keys.k1]\nfile = \"k1.pem\"\nalg = \"ES256\"",
         "[[bindings]]\ncaller = \"anonymous\"\nprofiles = [\"example@1.*\"]\nprincipals = [\"agent:*\", \"{caller}\"]",
         "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nclient_ca_file = \"agents-ca.pem\"\n[auth]\nmethods = [\"mtls\"]",
+        "[approvals]\nsingle_use = true\nledger = \"postgres://gate@db:5432/ecl?sslmode=require\"",
     ];
     for text in good {
         config_loads(text).unwrap_or_else(|err| panic!("gate refuses `{text}`: {err}"));
@@ -1333,6 +1334,9 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[approvals]\nmax_ttl = \"one hour\"",
         "[approvals]\nclock_skew = \"30\"",
         "[approvals]\nsingle_use = true\nused_path = \"\"",
+        "[approvals]\nsingle_use = true\nledger = \"mysql://db/ecl\"",
+        "[approvals]\nledger_pool_size = 0",
+        "[approvals]\nledger_timeout_ms = 5",
         "[approvals.keys.k1]\npublic_key = \"x\"\nfile = \"k1.pub\"",
         "[approvals.keys.k1]",
         "[approvals.keys.k1]\npem = \"x\"",
@@ -1370,5 +1374,5 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         good.len(),
         bad.len()
     );
-    assert_eq!((good.len(), bad.len()), (12, 46));
+    assert_eq!((good.len(), bad.len()), (13, 49));
 }

@@ -78,7 +78,7 @@ fn read(path: &Path, what: &str) -> Result<String, String> {
 }
 
 /// A key file, or a verifier key given inline.
-fn load_key(arg: &str) -> Result<VerifyingKey, String> {
+pub fn load_key(arg: &str) -> Result<VerifyingKey, String> {
     let path = Path::new(arg);
     let text = if path.is_file() {
         read(path, "public key")?
