@@ -1,7 +1,7 @@
 //! A real PostgreSQL for the tests: never a mock.
 //!
 //! [`database`] gives each test its own fresh database on the server named by
-//! `ECL_TEST_POSTGRES_URL` (else the role and database `.ci/run` creates on the local cluster:
+//! `ECLGATE_TEST_POSTGRES_URL` (else the role and database `.ci/run` creates on the local cluster:
 //! `postgres://ecl_test:ecl_test@127.0.0.1:5432/ecl_test`), falling back to a throwaway
 //! cluster. [`Cluster`] is that throwaway cluster: `initdb` in a temporary directory, on its
 //! own port, so a test may stop and start it without disturbing any other test.
@@ -21,7 +21,7 @@ pub fn unavailable(test: &str, why: &str) {
     let message = format!(
         "no PostgreSQL for `{test}`: {why}. Install and start one (Debian: `apt-get install -y \
          postgresql && pg_ctlcluster 15 main start`, then `.ci/run`'s role and database), or \
-         set ECL_TEST_POSTGRES_URL=postgres://user:pw@host/db to a role with CREATEDB"
+         set ECLGATE_TEST_POSTGRES_URL=postgres://user:pw@host/db to a role with CREATEDB"
     );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{message}");
@@ -70,7 +70,7 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres
 /// A fresh, empty database, or `None` (reported by [`unavailable`]) when there is none.
 pub async fn database(test: &str) -> Option<Database> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let admin_url = std::env::var("ECL_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+    let admin_url = std::env::var("ECLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
     let name = format!(
         "ecl_t{}_{}",
         std::process::id(),
