@@ -70,7 +70,8 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres
 /// A fresh, empty database, or `None` (reported by [`unavailable`]) when there is none.
 pub async fn database(test: &str) -> Option<Database> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let admin_url = std::env::var("ECLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+    let admin_url =
+        std::env::var("ECLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
     let name = format!(
         "ecl_t{}_{}",
         std::process::id(),
