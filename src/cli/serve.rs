@@ -192,21 +192,28 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
 
         // First signal: stop accepting, let in-flight requests finish within the grace period.
         // A second signal: leave at once.
-        let stop = Arc::new(tokio::sync::Notify::new());
+        // A watch, not a Notify: `notify_waiters` wakes only futures already polled, so a signal
+        // that came before a task first polled its `stopping` future was lost and the gate
+        // never stopped. The watch keeps the value for late waiters.
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let stopping = {
-            let stop = Arc::clone(&stop);
-            async move { stop.notified().await }
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
         };
         let admin_stopping = {
-            let stop = Arc::clone(&stop);
-            async move { stop.notified().await }
+            let mut rx = stop_rx;
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
         };
         let admin_task = tokio::spawn(admin.run(admin_stopping));
         let serve = tokio::spawn(server.run(stopping));
         signals.next().await;
         tracing::info!(grace = ?config.shutdown_grace, "stopping: finishing requests in flight");
         serving.store(false, Ordering::Release);
-        stop.notify_waiters();
+        let _ = stop.send(true);
         tokio::select! {
             () = stop_serving(serve, gate.proxy.clone(), config.shutdown_grace) => {}
             () = signals.next() => {
