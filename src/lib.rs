@@ -26,6 +26,7 @@ pub mod postgres;
 pub mod profile;
 pub mod proxy;
 pub mod reason;
+mod reload;
 pub mod replay;
 pub mod request;
 pub mod server;

@@ -70,15 +70,8 @@ impl JwtVerifier {
     /// Checks the key files every `reload_interval`; a change is loaded, a broken change is
     /// logged, counted and ignored (the previous keys stay in use).
     pub fn spawn_reloader(self: Arc<Self>) {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.config.reload_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let verifier = Arc::clone(&self);
-                let _ = tokio::task::spawn_blocking(move || verifier.reload_if_changed()).await;
-            }
-        });
+        let interval = self.config.reload_interval;
+        crate::reload::spawn_every(interval, self, Self::reload_if_changed);
     }
 
     /// One reload check.

@@ -62,15 +62,8 @@ impl TlsListener {
     }
 
     pub fn spawn_reloader(self: Arc<Self>) {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.config.reload_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let listener = Arc::clone(&self);
-                let _ = tokio::task::spawn_blocking(move || listener.reload_if_changed()).await;
-            }
-        });
+        let interval = self.config.reload_interval;
+        crate::reload::spawn_every(interval, self, Self::reload_if_changed);
     }
 
     /// One reload check: reads the files, and rebuilds when their bytes changed.
