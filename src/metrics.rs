@@ -6,6 +6,8 @@
 //! families are keyed by tool name (one small allocation per forwarded call, beside a network
 //! round trip) and never by URL, which may carry a token.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -62,6 +64,10 @@ struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    /// Each (decision, reason) series' counter, once it exists: the family's lookup (a lock
+    /// and a hash of the labels) is paid once per series instead of once per decision. A
+    /// series still appears in the exposition only after its first decision.
+    decision_counters: [[OnceLock<Counter>; ReasonCode::ALL.len()]; 3],
     decision_duration: Histogram,
     pub audit_append_duration: Histogram,
     pub audit_fsync_duration: Histogram,
@@ -276,6 +282,7 @@ impl Metrics {
         Metrics {
             registry,
             decisions,
+            decision_counters: Default::default(),
             decision_duration,
             audit_append_duration,
             audit_fsync_duration,
@@ -353,12 +360,24 @@ impl Metrics {
     }
 
     pub fn decided(&self, decision: DecisionType, reason: ReasonCode, seconds: f64) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                decision: decision.as_str(),
-                reason: reason.as_str(),
-            })
-            .inc();
+        let labels = || DecisionLabels {
+            decision: decision.as_str(),
+            reason: reason.as_str(),
+        };
+        match self
+            .decision_counters
+            .get(decision as usize)
+            .and_then(|by_reason| by_reason.get(reason as usize))
+        {
+            Some(slot) => {
+                slot.get_or_init(|| self.decisions.get_or_create(&labels()).clone())
+                    .inc();
+            }
+            // Unreachable while the array is sized by the enums; counted all the same.
+            None => {
+                self.decisions.get_or_create(&labels()).inc();
+            }
+        }
         self.decision_duration.observe(seconds);
     }
 
