@@ -143,6 +143,9 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
                 gate.used_tokens = Some(Ledger::Postgres(ledger));
             }
         }
+        if let Some(proxy) = &proxy {
+            proxy.spawn_reloaders(&metrics);
+        }
         gate.proxy = proxy;
         if let Some(escalations) = &config.escalations {
             let notifier =

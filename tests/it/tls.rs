@@ -23,12 +23,12 @@ use crate::common::{bytes_of, email_args, request, ValueExt};
 
 const SPIFFE: &str = "spiffe://cluster.local/ns/agents/sa/finance";
 
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -37,16 +37,16 @@ impl Ca {
         }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
-    fn root(&self) -> CertificateDer<'static> {
+    pub(crate) fn root(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
     }
 
     /// A leaf signed by this CA: (certificate PEM, key PEM, certificate DER, key DER).
-    fn leaf(&self, params: CertificateParams) -> Leaf {
+    pub(crate) fn leaf(&self, params: CertificateParams) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
@@ -57,7 +57,7 @@ impl Ca {
         }
     }
 
-    fn server(&self) -> Leaf {
+    pub(crate) fn server(&self) -> Leaf {
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         params
             .subject_alt_names
@@ -66,11 +66,11 @@ impl Ca {
     }
 }
 
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+pub(crate) struct Leaf {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) cert: CertificateDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 fn spiffe_params() -> CertificateParams {
