@@ -189,6 +189,18 @@ fn default_reload_interval_ms() -> u64 {
     1000
 }
 
+impl RawTls {
+    /// `reload_interval_ms`, checked in every mode: a typo should not wait for proxy mode.
+    pub fn reload_interval(&self) -> Result<Duration, ConfigError> {
+        super::in_range(
+            "tls.reload_interval_ms",
+            self.reload_interval_ms,
+            100..=600_000,
+        )
+        .map(Duration::from_millis)
+    }
+}
+
 impl Default for RawTls {
     fn default() -> Self {
         RawTls {
@@ -357,12 +369,7 @@ pub fn validate(
             "does not fit this platform",
         )
     })?;
-    if !(100..=600_000).contains(&tls.reload_interval_ms) {
-        return Err(invalid(
-            "tls.reload_interval_ms".into(),
-            format!("{} is outside 100..=600000", tls.reload_interval_ms),
-        ));
-    }
+    let reload_interval = tls.reload_interval()?;
     let mut warnings = Vec::new();
     let signer = signing_key(grants, &mut warnings)?;
     let extra_roots = match &tls.ca_file {
@@ -387,7 +394,7 @@ pub fn validate(
         max_upstream_body_bytes,
         extra_roots,
         public_roots: tls.public_roots,
-        reload_interval: Duration::from_millis(tls.reload_interval_ms),
+        reload_interval,
         warnings,
     })
 }
