@@ -418,6 +418,13 @@ fn proxy_mode(config: &Config, profiles: &ProfileStore) -> anyhow::Result<Option
         );
     }
     for (tool, upstream) in &proxy_config.upstreams {
+        if let Some(files) = &upstream.client_cert {
+            tracing::info!(
+                %tool,
+                cert_file = %files.cert_file.display(),
+                "upstream is called with a client certificate (mTLS), re-read when it changes"
+            );
+        }
         if upstream.url.scheme_str() == Some("http") {
             tracing::warn!(
                 %tool,

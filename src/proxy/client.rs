@@ -4,9 +4,11 @@
 //! Owns one call to one upstream: send, bound the answer, time the whole exchange out; and the
 //! client certificates presented to upstreams that ask for one (mTLS towards the tool): each
 //! such upstream has a client, and a connection pool, of its own, rebuilt when its certificate
-//! files change, while every other upstream shares one. It must never fall back from `https://` to plain HTTP, never follow a redirect (a 3xx is the tool's
-//! answer, returned as such), never retry a call that may have reached the tool (tool calls are
-//! not assumed idempotent), and never buffer more than `max_upstream_body_bytes` of an answer.
+//! files change, while every other upstream shares one. It must never fall back from
+//! `https://` to plain HTTP, never follow a redirect (a 3xx is the tool's answer, returned as
+//! such), never retry a call that may have reached the tool (tool calls are not assumed
+//! idempotent), never buffer more than `max_upstream_body_bytes` of an answer, and never log or
+//! record a client certificate's key.
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
@@ -40,7 +42,8 @@ pub enum UpstreamError {
     Timeout(u128),
     #[error("cannot connect to the tool: {0}")]
     Connect(String),
-    #[error("the tool's TLS is not trusted: {0}")]
+    /// The tool's certificate did not verify, or the tool refused the gate's (or its absence).
+    #[error("TLS with the tool failed: {0}")]
     Tls(String),
     #[error("the call to the tool failed: {0}")]
     Protocol(String),

@@ -213,7 +213,10 @@ async fn without_a_client_certificate_the_tool_refuses_the_handshake() {
     let error = &answer["execution"]["error"];
     assert_eq!(error["kind"].str(), "tls", "{answer:?}");
     assert!(
-        error["message"].str().contains("CertificateRequired"),
+        error["message"]
+            .str()
+            .starts_with("TLS with the tool failed")
+            && error["message"].str().contains("CertificateRequired"),
         "{answer:?}"
     );
     let records = verified_records(&gate);
