@@ -740,7 +740,7 @@ pub(crate) fn serve(
     (child, url, log)
 }
 
-async fn post(
+pub(crate) async fn post(
     url: &str,
     authorization: Option<&str>,
     body: bytes::Bytes,

@@ -33,7 +33,7 @@ fn gate_key() -> SigningKey {
 }
 
 /// Writes the gate's grant key (a clearly fake test key) and the API credential into `dir`.
-fn write_secrets(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn write_secrets(dir: &Path) -> (PathBuf, PathBuf) {
     let key_path = dir.join("grant.key");
     let pem = KeypairBytes {
         secret_key: GATE_SEED,

@@ -326,3 +326,96 @@ async fn a_rotated_client_certificate_is_presented_and_a_broken_one_keeps_the_ol
     assert_eq!(identity_seen(&gate).await.as_deref(), Some(GATE_B));
     assert!(tool.refused.load(Ordering::SeqCst) == 0);
 }
+
+#[tokio::test]
+// The real binary, configured in TOML: `serve` wires the reload loop, a broken replacement is
+// a WARN line naming the tool and the file (never key material), and a good one is presented.
+async fn the_binary_reloads_upstream_client_certificates() {
+    let clients = Ca::new("tool clients CA");
+    let tool = mtls_tool(&clients).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (grant_key, _) = crate::proxy::write_secrets(dir.path());
+    let first = clients.leaf(gate_params(GATE_A));
+    publish(dir.path(), "v1", &first.cert_pem, &first.key_pem);
+    let config = dir.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmode = \"proxy\"\n\
+             profiles_root = \"{profiles}\"\n\
+             [audit]\npath = \"{audit}\"\nsync = \"never\"\n\
+             [grants]\nsigning_key = \"{grant_key}\"\n\
+             [tls]\nca_file = \"{ca}\"\npublic_roots = false\nreload_interval_ms = 100\n\
+             [upstreams.\"email.send\"]\nurl = \"{url}\"\n\
+             client_cert = \"{dir}/current/tls.crt\"\nclient_key = \"{dir}/current/tls.key\"\n",
+            profiles = crate::common::shipped_profiles().display(),
+            audit = dir.path().join("audit.log").display(),
+            grant_key = grant_key.display(),
+            ca = tool.server_ca.display(),
+            url = tool.url,
+            dir = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let (mut child, url, log) = crate::callers::serve(&config);
+    let seen = || async {
+        let (status, _, answer) =
+            crate::callers::post(&url, None, bytes_of(&allowed_email())).await;
+        assert_eq!(status, 200, "{answer:?}");
+        assert_eq!(
+            answer["execution"]["status"].as_u64_exact(),
+            200,
+            "{answer:?}"
+        );
+        answer["execution"]["body"]["client"].str().to_owned()
+    };
+    assert_eq!(seen().await, GATE_A);
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("upstream is called with a client certificate")));
+
+    publish(dir.path(), "v2", "not a certificate\n", &first.key_pem);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warning = loop {
+        let found = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("upstream client certificate files do not load"))
+            .cloned();
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning: {:#?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("email.send"), "{warning}");
+    assert!(warning.contains("current/tls.crt"), "{warning}");
+    assert!(!warning.contains("PRIVATE KEY"), "{warning}");
+    assert_eq!(seen().await, GATE_A, "the certificate in use stays");
+
+    let rotated = clients.leaf(gate_params(GATE_B));
+    publish(dir.path(), "v3", &rotated.cert_pem, &rotated.key_pem);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen().await != GATE_B {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was never presented"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|l| !l.contains("PRIVATE KEY")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
