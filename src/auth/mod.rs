@@ -238,6 +238,19 @@ mod tests {
     }
 
     #[test]
+    // With both methods, any bearer credential (even one refused for where it is) decides;
+    // only a request with none at all falls to the client certificate.
+    fn a_bearer_credential_is_spotted_in_the_header_or_the_query() {
+        let uri = |text: &str| text.parse::<Uri>().unwrap();
+        let mut headers = HeaderMap::new();
+        assert!(!carries_bearer(&uri("/v1/execute"), &headers));
+        assert!(!carries_bearer(&uri("/v1/execute?trace=1"), &headers));
+        assert!(carries_bearer(&uri("/v1/execute?access_token=x"), &headers));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert!(carries_bearer(&uri("/v1/execute"), &headers));
+    }
+
+    #[test]
     fn access_token_in_query_is_spotted() {
         assert!(has_access_token("a=1&access_token=x"));
         assert!(has_access_token("access_token"));
