@@ -94,6 +94,7 @@ pub struct Metrics {
     upstream_calls: Family<UpstreamCallLabels, Counter>,
     upstream_duration: HistogramFamily<ToolLabels>,
     upstream_in_flight: Family<ToolLabels, Gauge>,
+    upstream_client_cert_reload_failures: Family<ToolLabels, Counter>,
     pub tools_without_upstream: Gauge,
     shadow_agreements: Counter,
     shadow_disagreements: Family<TransitionLabels, Counter>,
@@ -247,6 +248,12 @@ impl Metrics {
             "Proxy mode: calls waiting on each tool now (bounded by its max_concurrent)",
             upstream_in_flight.clone(),
         );
+        let upstream_client_cert_reload_failures = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "ecl_upstream_client_cert_reload_failures",
+            "Proxy mode: changed upstream client certificate or key files that could not be loaded, by tool name; the certificate in use stays",
+            upstream_client_cert_reload_failures.clone(),
+        );
         let tools_without_upstream = Gauge::default();
         registry.register(
             "ecl_tools_without_upstream",
@@ -304,6 +311,7 @@ impl Metrics {
             upstream_calls,
             upstream_duration,
             upstream_in_flight,
+            upstream_client_cert_reload_failures,
             tools_without_upstream,
             shadow_agreements,
             shadow_disagreements,
@@ -345,6 +353,15 @@ impl Metrics {
                 })
                 .observe(seconds);
         }
+    }
+
+    /// Counts one replacement of `tool`'s client certificate files that did not load.
+    pub fn upstream_client_cert_reload_failed(&self, tool: &str) {
+        self.upstream_client_cert_reload_failures
+            .get_or_create(&ToolLabels {
+                tool: tool.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a call waiting on `tool` until the returned guard is dropped.
