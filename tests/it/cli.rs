@@ -194,6 +194,52 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
     );
 }
 
+/// Huge pages made the gate's peak RSS 1.5 times its live heap (BENCHMARKS.md, "Memory with
+/// checkpoints on"): the binary turns them off for itself before serving anything.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_keeps_its_heap_out_of_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_serve(dir.path(), &[("ECL_AUDIT__SYNC", "never")]);
+    let body = canonical::to_canonical(&request(
+        "thp-1",
+        "email.send",
+        email_args("bob@example.com", "hi"),
+    ));
+    assert_eq!(post(&addr, &body)["decision_type"].str(), "ALLOW");
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    // Where THP is `madvise` (or `never`), nothing may be in huge pages, not even what the
+    // allocator touched before `main` ran; under `always` those first pages may be.
+    let system =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let huge_kb = (!system.contains("[always]")).then(|| {
+        std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("AnonHugePages:"))
+            .map(|kb| kb.trim().trim_end_matches("kB").trim().to_owned())
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(thp, Some("0"), "THP_enabled in /proc/PID/status:\n{status}");
+    if let Some(huge_kb) = huge_kb {
+        assert_eq!(
+            huge_kb.as_deref(),
+            Some("0"),
+            "AnonHugePages, THP `{}`",
+            system.trim()
+        );
+    }
+}
+
 /// The Dockerfile's HEALTHCHECK: `ecl-gate probe` against the admin listener, exit 0 or 1.
 #[test]
 fn probe_is_a_health_check_that_fails_closed() {
