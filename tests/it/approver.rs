@@ -793,6 +793,7 @@ pub fn sample_notification() -> ecl_gate::notify::Notification {
             ("principal_id", "agent:7".into()),
             ("principal_type", "agent".into()),
         ]),
+        caller: Some(ecl_gate::caller::Caller::anonymous()),
         tool_name: "deploy.run".into(),
         tool_args: Value::object([("service", "<script>alert(1)</script>".into())]),
         profile_id: "ops".into(),
