@@ -225,45 +225,55 @@ fn word_needs_escape(word: u64) -> bool {
         != 0
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        // Most strings (hashes, ids, prose) need no escaping: skip them 8 bytes at a time.
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            if !word_needs_escape(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
+/// The index of the first byte of `bytes` that is `"`, `\\` or below 0x20: the bytes a JSON
+/// string must escape, and the bytes that end an unescaped run when parsing one.
+pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
+    // Most strings (hashes, ids, prose) have none: skip them 8 bytes at a time.
+    let mut words = bytes.chunks_exact(8);
+    let mut clean = 0;
+    for chunk in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if word_needs_escape(u64::from_le_bytes(word)) {
+            break;
         }
-        let b = bytes[i];
-        i += 1;
-        let escape: Option<&[u8]> = match b {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0x08 => Some(b"\\b"),
-            0x0c => Some(b"\\f"),
-            0x00..=0x1f => None,
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i - 1]);
-        match escape {
-            Some(e) => out.extend_from_slice(e),
-            None => {
+        clean += 8;
+    }
+    bytes[clean..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|at| clean + at)
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    let bytes = s.as_bytes();
+    // One capacity check for the common case of a string that needs no escaping (~150
+    // strings per decision are written).
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    while let Some(at) = first_special(&bytes[start..]).map(|at| start + at) {
+        out.extend_from_slice(&bytes[start..at]);
+        let b = bytes[at];
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
                 out.push(HEX[usize::from(b & 0xf)]);
+                start = at + 1;
+                continue;
             }
-        }
-        start = i;
+        };
+        out.extend_from_slice(escape);
+        start = at + 1;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -438,11 +448,20 @@ pub fn hash_without(members: &Map, omit: &[&str]) -> String {
 /// intent hash of every request are these two (SPEC §4).
 pub fn hash_with_and_without(members: &Map, omit: &[&str]) -> (String, String) {
     with_scratch(|out| {
-        let mut without = Sha256::new();
-        without.update(b"{");
-        let mut first_kept = true;
+        // The two byte streams are the same up to the first omitted member (in a request:
+        // `actor` and `context`, the larger part): that prefix is hashed once and the hasher
+        // forked there.
+        let mut with = Sha256::new();
+        let mut without: Option<Sha256> = None;
+        let mut kept_any = false;
         out.push(b'{');
         for (i, (key, value)) in members.iter().enumerate() {
+            let omitted = omit.contains(&key.as_str());
+            if omitted && without.is_none() {
+                with.update(&out[..]);
+                out.clear();
+                without = Some(with.clone());
+            }
             if i > 0 {
                 out.push(b',');
             }
@@ -450,21 +469,33 @@ pub fn hash_with_and_without(members: &Map, omit: &[&str]) -> (String, String) {
             write_string(key, out);
             out.push(b':');
             write_canonical(value, out);
-            if !omit.contains(&key.as_str()) {
-                if !std::mem::take(&mut first_kept) {
-                    without.update(b",");
+            if !omitted {
+                if let Some(without) = &mut without {
+                    if kept_any {
+                        without.update(b",");
+                    }
+                    without.update(&out[start..]);
                 }
-                without.update(&out[start..]);
+                kept_any = true;
             }
         }
         out.push(b'}');
-        without.update(b"}");
-        (sha256_prefixed(out), prefixed(&without.finalize()))
+        with.update(&out[..]);
+        let with = prefixed(&with.finalize());
+        let without = match without {
+            Some(mut without) => {
+                without.update(b"}");
+                prefixed(&without.finalize())
+            }
+            None => with.clone(),
+        };
+        (with, without)
     })
 }
 
-/// The prefixed SHA-256 of the bytes `write` produces.
-fn hash_written(write: impl Fn(&mut Vec<u8>)) -> String {
+/// The prefixed SHA-256 of the bytes `write` produces: for callers that write a small
+/// canonical object straight to bytes instead of building it as a `Value`.
+pub fn hash_written(write: impl Fn(&mut Vec<u8>)) -> String {
     with_scratch(|buf| {
         write(buf);
         sha256_prefixed(buf)

@@ -297,10 +297,7 @@ impl<'a> Parser<'a> {
         let mut run_start = self.pos;
         loop {
             let rest = self.bytes.get(self.pos..).unwrap_or_default();
-            let Some(skip) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
+            let Some(skip) = super::first_special(rest) else {
                 self.pos = self.bytes.len();
                 return Err(self.err(ParseErrorKind::Syntax));
             };

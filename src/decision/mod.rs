@@ -158,14 +158,22 @@ pub const APPROVAL_CONTROL: &str = "required_controls.approval_token";
 
 /// `provenance_id` of SPEC §4.
 pub fn provenance_id(profile_ref_hash: &str, request_hash: &str, runtime: &Runtime) -> String {
-    let binding = Value::object([
-        ("profile_ref_hash", Value::from(profile_ref_hash)),
-        ("request_hash", Value::from(request_hash)),
-        ("runtime_version", Value::from(runtime.version)),
-    ]);
-    let hash = canonical::hash(&binding);
+    // The canonical bytes of {profile_ref_hash, request_hash, runtime_version}, written
+    // directly: building the object as a `Value` cost more than hashing it.
+    let hash = canonical::hash_written(|out| {
+        out.extend_from_slice(b"{\"profile_ref_hash\":");
+        canonical::write_str(profile_ref_hash, out);
+        out.extend_from_slice(b",\"request_hash\":");
+        canonical::write_str(request_hash, out);
+        out.extend_from_slice(b",\"runtime_version\":");
+        canonical::write_str(runtime.version, out);
+        out.push(b'}');
+    });
     let hex = hash.strip_prefix("sha256:").unwrap_or(&hash);
-    format!("prov_{}", &hex[..32.min(hex.len())])
+    let mut id = String::with_capacity(5 + 32);
+    id.push_str("prov_");
+    id.push_str(hex.get(..32).unwrap_or(hex));
+    id
 }
 
 /// Decides one attempt by `caller`. Total: every input yields a decision.

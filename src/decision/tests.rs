@@ -318,6 +318,21 @@ fn provenance_binds_profile_request_and_runtime() {
         ("runtime_version", runtime.version.into()),
     ]));
     assert_eq!(&a[5..], &expected[7..39]);
+    // Written straight to bytes, the binding must still be the canonical object, escapes
+    // included.
+    let odd = Runtime {
+        version: "1.0\"\\\n\u{1}é",
+        ..runtime.clone()
+    };
+    let expected = canonical::hash(&Value::object([
+        ("profile_ref_hash", "sha256:\"a".into()),
+        ("request_hash", "sha256:\tb".into()),
+        ("runtime_version", odd.version.into()),
+    ]));
+    assert_eq!(
+        provenance_id("sha256:\"a", "sha256:\tb", &odd)[5..],
+        expected[7..39]
+    );
 }
 
 #[test]
