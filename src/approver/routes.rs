@@ -562,7 +562,7 @@ async fn approve(
             &app.kid,
             &Grant {
                 issuer: &approver.identity,
-                intent_hash: &intent_hash,
+                intent_hash,
                 issued_at: now,
                 expires_at,
                 jti: &jti,

@@ -93,6 +93,9 @@ const REJECT: &str = "UPDATE ecl_approver_escalations SET state = 'rejected', \
 const PURGE: &str = "DELETE FROM ecl_approver_escalations WHERE ctid IN \
      (SELECT ctid FROM ecl_approver_escalations WHERE live_until <= $1 LIMIT $2)";
 
+/// A notification that verified: the SHA-256 of its JWS, and what it says.
+type Verified = ([u8; 32], Arc<Notification>);
+
 pub struct PgStore {
     pool: Pool,
     /// The bound on one operation, pool wait included.
@@ -101,7 +104,7 @@ pub struct PgStore {
     url: String,
     gate_keys: BTreeMap<String, VerifyingKey>,
     /// Notifications already verified, by intent: the JWS's hash and what it says.
-    verified: Mutex<HashMap<String, ([u8; 32], Arc<Notification>)>>,
+    verified: Mutex<HashMap<String, Verified>>,
 }
 
 fn sql(value: u64) -> i64 {
