@@ -8,7 +8,7 @@
 //! audits while holding it, and the row changes only `WHERE state = 'pending'`; a second
 //! approver waits for the lock and then finds it decided. Each row keeps the gate's signed
 //! notification, re-verified under the configured gate keys when read (a verified one is
-//! remembered by its hash), so a row written into the database by anyone else is never shown
+//! remembered with its exact JWS), so a row written into the database by anyone else is never shown
 //! as an escalation. It must never log the database password, and never hand out a token
 //! whose row did not commit.
 
@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
 use ed25519_dalek::VerifyingKey;
-use sha2::Digest;
 use tokio_postgres::Row;
 
 use crate::notify::wire::{self, Notification};
@@ -93,8 +92,8 @@ const REJECT: &str = "UPDATE ecl_approver_escalations SET state = 'rejected', \
 const PURGE: &str = "DELETE FROM ecl_approver_escalations WHERE ctid IN \
      (SELECT ctid FROM ecl_approver_escalations WHERE live_until <= $1 LIMIT $2)";
 
-/// A notification that verified: the SHA-256 of its JWS, and what it says.
-type Verified = ([u8; 32], Arc<Notification>);
+/// A notification that verified: its JWS exactly, and what it says.
+type Verified = (String, Arc<Notification>);
 
 pub struct PgStore {
     pool: Pool,
@@ -164,10 +163,9 @@ impl PgStore {
 
     /// The notification a row holds, verified under the gate keys (or remembered as such).
     fn notification(&self, intent_hash: &str, jws: &str) -> Option<Arc<Notification>> {
-        let hash: [u8; 32] = sha2::Sha256::digest(jws.as_bytes()).into();
         if let Ok(verified) = self.verified.lock() {
             if let Some((known, notification)) = verified.get(intent_hash) {
-                if *known == hash {
+                if known == jws {
                     return Some(Arc::clone(notification));
                 }
             }
@@ -179,7 +177,10 @@ impl PgStore {
                     if verified.len() >= MAX_REMEMBERED {
                         verified.clear();
                     }
-                    verified.insert(intent_hash.to_owned(), (hash, Arc::clone(&notification)));
+                    verified.insert(
+                        intent_hash.to_owned(),
+                        (jws.to_owned(), Arc::clone(&notification)),
+                    );
                 }
                 Some(notification)
             }
