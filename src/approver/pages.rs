@@ -106,7 +106,7 @@ fn status_cell(status: &Status) -> &'static str {
 /// page (a plain link carrying the cursor: no JavaScript); on the first page, recent decisions.
 pub fn inbox(page: &InboxPage, paged: bool, now: u64, identity: (&str, &str)) -> String {
     let mut body = format!(
-        "<h1>Pending escalations (<span id=\"pending-total\">{}</span>)</h1>",
+        "<h1 id=\"pending\">Pending escalations ({})</h1>",
         page.pending_total
     );
     if page.pending.is_empty() {

@@ -412,9 +412,7 @@ pub fn inbox_pages_reach_every_pending_escalation(approver: &ApproverProcess, wo
     assert_eq!(seen, expected, "newest first, every one exactly once");
     let first = http(&approver.inbox, "GET", "/", &[("Cookie", &session)], b"");
     assert!(
-        first
-            .body
-            .contains("Pending escalations (<span id=\"pending-total\">450</span>)"),
+        first.body.contains("Pending escalations (450)"),
         "the heading counts all pages"
     );
     for forged in [
