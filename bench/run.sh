@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # ecl-gate against its speed-of-light ceiling (examples/ceiling.rs), measured back to back with
-# the same load (`ecl-gate load`), so the gate/ceiling ratio holds on a noisy machine.
+# the same load, so the gate/ceiling ratio holds on a noisy machine. Two load generators send the
+# same request: the project's own (`ecl-gate load`) and wrk (Debian's `wrk`), which costs less CPU
+# per request and so leaves more of a small machine to the server.
 #
-#   bench/run.sh                                full run: concurrency 64 and 256, audit sync
-#                                               never and always, 20 s each after 3 s warm-up
+#   bench/run.sh                                full run: both load generators, concurrency 1, 64
+#                                               and 256, audit sync never and always, 20 s each
+#                                               after 3 s warm-up
 #   BENCH_DURATION=5s BENCH_WARMUP=1s bench/run.sh    a quick run
 #   BENCH_ROUNDS=3 bench/run.sh                 every ceiling/gate pair 3 times, then medians
 #   BENCH_SMOKE=1 bench/run.sh                  CI: debug build, 1 s per server, fails only if an
 #                                               answer FAILs; no thresholds
+#   BENCH_LOAD=wrk bench/run.sh                 one load generator only (`ecl-gate` or `wrk`)
 #   BENCH_CHECKPOINTS=1 bench/run.sh            also the gate with signed checkpoints on (issue 9:
 #                                               `audit.checkpoint_every` 1000, a key made in the
 #                                               work directory), as server `gate+cp` in every round
@@ -15,14 +19,14 @@
 #                                               `example@1.0.0` shadowed by `1.0.1`, a copy that
 #                                               agrees on every request), as server `gate+sh`
 #
-# More knobs: BENCH_CONCURRENCY ("64 256"), BENCH_SYNC ("never always"), BENCH_SCENARIO (allow),
-# BENCH_LOAD_THREADS (1), BENCH_GATE_LOG (the gate's log filter; default info, one line per
+# More knobs: BENCH_CONCURRENCY ("1 64 256"), BENCH_SYNC ("never always"), BENCH_SCENARIO (allow),
+# BENCH_LOAD_THREADS (ecl-gate load's threads, 1), BENCH_WRK_THREADS (2), BENCH_GATE_LOG (the gate's log filter; default info, one line per
 # decision; "info,ecl_gate::decision=warn" drops that line and keeps the start-up line),
 # BENCH_GATE_BIN (another ecl-gate build to measure instead of this
 # tree's), BENCH_KEEP=1 keeps the work directory (logs, JSON reports).
 #
 # Columns: req/s = OK decisions per second over the measured window; p50/p99 latency in ms as
-# the load generator sees it; cpu us/req = the server's CPU time (user+sys, all threads) in the
+# the load generator sees it (p99.9 too); cpu us/req = the server's CPU time (user+sys, all threads) in the
 # measured window per answer, steadier than req/s when other work shares the machine; RSS MB =
 # the server's peak resident memory (VmHWM); load cores = CPU the load generator itself used
 # (it runs on the same machine); ratio = gate/ceiling req/s of the same round.
@@ -39,8 +43,17 @@ else
   profile=release
   duration=${BENCH_DURATION:-20s}
   warmup=${BENCH_WARMUP:-3s}
-  concurrency=${BENCH_CONCURRENCY:-64 256}
+  concurrency=${BENCH_CONCURRENCY:-1 64 256}
 fi
+loads=${BENCH_LOAD:-ecl-gate wrk}
+wrk_threads=${BENCH_WRK_THREADS:-2}
+for load in $loads; do
+  case $load in
+    ecl-gate) ;;
+    wrk) command -v wrk >/dev/null || { echo "bench: wrk is not installed (apt-get install wrk), or set BENCH_LOAD=ecl-gate" >&2; exit 1; } ;;
+    *) echo "bench: BENCH_LOAD: \`$load\`, expected ecl-gate and/or wrk" >&2; exit 1 ;;
+  esac
+done
 syncs=${BENCH_SYNC:-never always}
 rounds=${BENCH_ROUNDS:-1}
 scenario=${BENCH_SCENARIO:-allow}
@@ -134,44 +147,91 @@ results=$work/results.tsv
 : >"$results"
 failed=0
 
-# One measurement: server kind, sync, concurrency, round -> a line in $results.
+# One measurement: load generator, server kind, sync, concurrency, round -> a line in $results.
 measure() {
-  local kind=$1 sync=$2 conc=$3 round=$4
-  local log=$work/$kind-$sync-$conc-$round.log out=$work/$kind-$sync-$conc-$round.json
+  local load=$1 kind=$2 sync=$3 conc=$4 round=$5
+  local name=$load-$kind-$sync-$conc-$round
+  local log=$work/$name.log out=$work/$name.out
   start "$kind" "$sync" "$log"
-  "$bin" load --url "http://$addr/v1/execute" --duration "$duration" --warmup "$warmup" \
-    --concurrency "$conc" --scenario "$scenario" --threads "$load_threads" --json --quiet \
-    >"$out" &
-  local load_pid=$!
-  # The server's CPU is read when measuring starts and when it ends.
-  sleep "$warm_s"
-  local cpu0 cpu1 rss status=0
-  cpu0=$(cpu_ticks "$server_pid")
-  wait "$load_pid" || status=$?
-  cpu1=$(cpu_ticks "$server_pid")
+  local cpu0 cpu1 rss status=0 load_pid
+  if [ "$load" = wrk ]; then
+    local threads=$((conc < wrk_threads ? conc : wrk_threads))
+    if [ "$warm_s" != 0 ]; then
+      BENCH_BODY=$work/body.json wrk -t"$threads" -c"$conc" -d"$warmup" -s bench/wrk-post.lua \
+        "http://$addr/v1/execute" >/dev/null 2>&1 || true
+    fi
+    cpu0=$(cpu_ticks "$server_pid")
+    # bash's `time` reports the CPU wrk used (user and system seconds).
+    (
+      TIMEFORMAT='%U %S'
+      time BENCH_BODY=$work/body.json wrk -t"$threads" -c"$conc" -d"$duration" --timeout 10s \
+        -s bench/wrk-post.lua "http://$addr/v1/execute" >"$out" 2>"$out.err"
+    ) 2>"$out.time" || status=$?
+    cpu1=$(cpu_ticks "$server_pid")
+  else
+    "$bin" load --url "http://$addr/v1/execute" --duration "$duration" --warmup "$warmup" \
+      --concurrency "$conc" --scenario "$scenario" --threads "$load_threads" --json --quiet \
+      >"$out" &
+    load_pid=$!
+    # The server's CPU is read when measuring starts and when it ends.
+    sleep "$warm_s"
+    cpu0=$(cpu_ticks "$server_pid")
+    wait "$load_pid" || status=$?
+    cpu1=$(cpu_ticks "$server_pid")
+  fi
   rss=$(peak_rss_mb "$server_pid")
   stop
   rm -f "$log" "$log.checkpoints"
-  if [ "$status" != 0 ] || [ ! -s "$out" ]; then
-    echo "bench: load against the $kind failed (exit $status):" >&2
-    cat "$out" >&2 || true
-    failed=1
-    return 0
+  local ok fail rps p50 p99 p999 load_cores
+  if [ "$load" = wrk ]; then
+    local line
+    line=$(grep '^wrk-report ' "$out" 2>/dev/null || true)
+    if [ "$status" != 0 ] || [ -z "$line" ]; then
+      echo "bench: wrk against the $kind failed (exit $status):" >&2
+      cat "$out" "$out.err" >&2 || true
+      failed=1
+      return 0
+    fi
+    field() { echo "$line" | sed -E "s/.* $1=([0-9]+).*/\1/"; }
+    local requests duration_us
+    requests=$(field requests)
+    duration_us=$(field duration_us)
+    fail=$(($(field status_errors) + $(field socket_errors)))
+    ok=$((requests - fail))
+    rps=$(awk -v n="$ok" -v us="$duration_us" 'BEGIN { printf "%.1f", (us > 0 ? n * 1e6 / us : 0) }')
+    p50=$(awk -v v="$(field p50_us)" 'BEGIN { print v / 1000 }')
+    p99=$(awk -v v="$(field p99_us)" 'BEGIN { print v / 1000 }')
+    p999=$(awk -v v="$(field p999_us)" 'BEGIN { print v / 1000 }')
+    load_cores=$(awk -v s="$(seconds "$duration")" '{ printf "%.2f", ($1 + $2) / s }' "$out.time")
+  else
+    if [ "$status" != 0 ] || [ ! -s "$out" ]; then
+      echo "bench: load against the $kind failed (exit $status):" >&2
+      cat "$out" >&2 || true
+      failed=1
+      return 0
+    fi
+    local load_cpu
+    ok=$(jnum ok "$out")
+    fail=$(jnum fail "$out")
+    rps=$(jnum throughput_rps "$out")
+    p50=$(jnum p50 "$out")
+    p99=$(jnum p99 "$out")
+    p999=$(jnum p99_9 "$out")
+    load_cpu=$(jnum load_cpu_s "$out")
+    load_cores=$(awk -v c="$load_cpu" -v s="$total_s" 'BEGIN { printf "%.2f", (c == "null" ? 0 : c / s) }')
   fi
-  local ok fail rps p50 p99 load_cpu cpu_us load_cores
-  ok=$(jnum ok "$out")
-  fail=$(jnum fail "$out")
-  rps=$(jnum throughput_rps "$out")
-  p50=$(jnum p50 "$out")
-  p99=$(jnum p99 "$out")
-  load_cpu=$(jnum load_cpu_s "$out")
+  local cpu_us
   cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$ok" 'BEGIN { printf "%.1f", (n > 0 ? t * 10000 / n : 0) }')
-  load_cores=$(awk -v c="$load_cpu" -v s="$total_s" 'BEGIN { printf "%.2f", (c == "null" ? 0 : c / s) }')
   [ "$fail" = 0 ] || failed=1
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$sync" "$conc" "$round" "$kind" "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$load_cores" "$fail" \
-    >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$load" "$sync" "$conc" "$round" "$kind" "$rps" "$p50" "$p99" "$p999" "$cpu_us" "$rss" \
+    "$load_cores" "$fail" >>"$results"
 }
+
+# The request wrk sends: exactly the one `ecl-gate load --scenario` sends (one scenario only).
+if [[ " $loads " == *" wrk "* ]]; then
+  "$bin" load --scenario "$scenario" --print-body >"$work/body.json"
+fi
 
 kinds="ceiling gate"
 if [ "${BENCH_CHECKPOINTS:-0}" = 1 ]; then
@@ -189,62 +249,76 @@ if [ "${BENCH_SHADOW:-0}" = 1 ]; then
 fi
 
 echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); load: $scenario," \
-  "$duration after $warmup warm-up, $load_threads load thread(s), $rounds round(s)" >&2
-for sync in $syncs; do
-  for conc in $concurrency; do
-    for round in $(seq 1 "$rounds"); do
-      echo "bench: sync=$sync concurrency=$conc round $round: ${kinds// /, then }" >&2
-      for kind in $kinds; do
-        measure "$kind" "$sync" "$conc" "$round"
+  "$duration after $warmup warm-up, load generators: $loads, $rounds round(s)" >&2
+for load in $loads; do
+  for sync in $syncs; do
+    for conc in $concurrency; do
+      for round in $(seq 1 "$rounds"); do
+        echo "bench: $load, sync=$sync concurrency=$conc round $round: ${kinds// /, then }" >&2
+        for kind in $kinds; do
+          measure "$load" "$kind" "$sync" "$conc" "$round"
+        done
       done
     done
   done
 done
 
-# The table: every measurement, the ratio to its round's ceiling, then medians when repeated.
+# The table: every measurement, the ratio to its round's ceiling, then medians when repeated,
+# and the ratios the targets are stated in (BENCHMARKS.md).
 awk -F'\t' -v rounds="$rounds" '
   function median(list,   n, a, i, j, t) {
     n = split(list, a, " ")
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
   BEGIN {
-    printf "%-6s %5s %5s %-7s %9s %7s %7s %11s %7s %10s %5s %7s\n", "sync", "conc", "round", "server",
-      "req/s", "p50 ms", "p99 ms", "cpu us/req", "RSS MB", "load cores", "FAIL", "ratio"
+    printf "%-8s %-6s %5s %5s %-7s %9s %7s %7s %8s %11s %7s %10s %5s %7s\n", "load", "sync", "conc",
+      "round", "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "cpu us/req", "RSS MB", "load cores",
+      "FAIL", "ratio"
   }
   {
-    key = $1 SUBSEP $2
-    if ($4 == "ceiling") ceil[key, $3] = $5
-    ratio = ($4 != "ceiling" && ceil[key, $3] > 0) ? sprintf("%.2f", $5 / ceil[key, $3]) : ""
-    printf "%-6s %5s %5s %-7s %9.0f %7.3f %7.3f %11s %7s %10s %5s %7s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ratio
-    rps[key, $4] = rps[key, $4] " " $5
-    p99s[key, $4] = p99s[key, $4] " " $7
+    key = $1 SUBSEP $2 SUBSEP $3
+    if ($5 == "ceiling") ceil[key, $4] = $6
+    ratio = ($5 != "ceiling" && ceil[key, $4] > 0) ? sprintf("%.2f", $6 / ceil[key, $4]) : ""
+    printf "%-8s %-6s %5s %5s %-7s %9.0f %7.3f %7.3f %8.3f %11s %7s %10s %5s %7s\n", $1, $2, $3, $4, $5,
+      $6, $7, $8, $9, $10, $11, $12, $13, ratio
+    rps[key, $5] = rps[key, $5] " " $6
+    p50s[key, $5] = p50s[key, $5] " " $7
+    p99s[key, $5] = p99s[key, $5] " " $8
     if (!(key in seen)) { seen[key] = 1; order[++n] = key }
   }
   END {
-    if (rounds > 1) {
-      printf "\nmedians over %d rounds\n", rounds
-      printf "%-6s %5s %12s %12s %7s %12s\n", "sync", "conc", "ceiling req/s", "gate req/s", "ratio", "gate p99 ms"
-      for (i = 1; i <= n; i++) {
-        split(order[i], k, SUBSEP)
-        c = median(rps[order[i], "ceiling"]); g = median(rps[order[i], "gate"])
-        printf "%-6s %5s %12.0f %12.0f %7.2f %12.3f\n", k[1], k[2], c, g, (c > 0 ? g / c : 0), median(p99s[order[i], "gate"])
-        gate[k[1], k[2]] = g
-        if ((order[i], "gate+cp") in rps) {
-          cp = median(rps[order[i], "gate+cp"])
-          printf "%-6s %5s %12s %12.0f %7.2f %12.3f  (gate+cp)\n", k[1], k[2], "", cp, (c > 0 ? cp / c : 0), median(p99s[order[i], "gate+cp"])
+    printf "\n%s\n", (rounds > 1 ? "medians over " rounds " rounds" : "summary")
+    printf "%-8s %-6s %5s %13s %11s %7s %12s %12s\n", "load", "sync", "conc", "ceiling req/s", "gate req/s",
+      "ratio", "gate p99 ms", "ceil p99 ms"
+    for (i = 1; i <= n; i++) {
+      split(order[i], k, SUBSEP)
+      c = median(rps[order[i], "ceiling"]); g = median(rps[order[i], "gate"])
+      printf "%-8s %-6s %5s %13.0f %11.0f %7.2f %12.3f %12.3f\n", k[1], k[2], k[3], c, g, (c > 0 ? g / c : 0),
+        median(p99s[order[i], "gate"]), median(p99s[order[i], "ceiling"])
+      gate[k[1], k[2], k[3]] = g
+      for (extra = 1; extra <= 2; extra++) {
+        x = (extra == 1 ? "gate+cp" : "gate+sh")
+        if ((order[i], x) in rps) {
+          v = median(rps[order[i], x])
+          printf "%-8s %-6s %5s %13s %11.0f %7.2f %12.3f  (%s)\n", k[1], k[2], k[3], "", v, (c > 0 ? v / c : 0),
+            median(p99s[order[i], x]), x
         }
       }
-    } else {
-      for (i = 1; i <= n; i++) { split(order[i], k, SUBSEP); gate[k[1], k[2]] = median(rps[order[i], "gate"]) }
     }
     for (i = 1; i <= n; i++) {
       split(order[i], k, SUBSEP)
-      if (k[1] == "always" && gate["never", k[2]] > 0)
-        printf "gate always/never at concurrency %s: %.2f\n", k[2], gate["always", k[2]] / gate["never", k[2]]
+      if (k[2] == "always" && gate[k[1], "never", k[3]] > 0)
+        printf "%s: gate always/never at concurrency %s: %.2f\n", k[1], k[3], gate[k[1], "always", k[3]] / gate[k[1], "never", k[3]]
+      if (k[3] == 1) {
+        cp50 = median(p50s[order[i], "ceiling"]); cp99 = median(p99s[order[i], "ceiling"])
+        if (cp50 > 0 && cp99 > 0)
+          printf "%s: sync=%s concurrency 1: gate/ceiling latency p50 %.2f, p99 %.2f\n", k[1], k[2],
+            median(p50s[order[i], "gate"]) / cp50, median(p99s[order[i], "gate"]) / cp99
+      }
       if ((order[i], "gate+cp") in rps) {
         g = median(rps[order[i], "gate"])
-        if (g > 0) printf "gate+cp/gate at sync=%s concurrency %s: %.3f\n", k[1], k[2], median(rps[order[i], "gate+cp"]) / g
+        if (g > 0) printf "%s: gate+cp/gate at sync=%s concurrency %s: %.3f\n", k[1], k[2], k[3], median(rps[order[i], "gate+cp"]) / g
       }
     }
   }' "$results"

@@ -29,6 +29,7 @@ pub mod reason;
 mod reload;
 pub mod replay;
 pub mod request;
+pub mod rfc3339;
 pub mod server;
 pub mod ship;
 mod strict;

@@ -6,6 +6,8 @@
 //! families are keyed by tool name (one small allocation per forwarded call, beside a network
 //! round trip) and never by URL, which may carry a token.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -62,6 +64,10 @@ struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    /// Each (decision, reason) series' counter, once it exists: the family's lookup (a lock
+    /// and a hash of the labels) is paid once per series instead of once per decision. A
+    /// series still appears in the exposition only after its first decision.
+    decision_counters: [[OnceLock<Counter>; ReasonCode::ALL.len()]; 3],
     decision_duration: Histogram,
     pub audit_append_duration: Histogram,
     pub audit_fsync_duration: Histogram,
@@ -88,6 +94,7 @@ pub struct Metrics {
     upstream_calls: Family<UpstreamCallLabels, Counter>,
     upstream_duration: HistogramFamily<ToolLabels>,
     upstream_in_flight: Family<ToolLabels, Gauge>,
+    upstream_client_cert_reload_failures: Family<ToolLabels, Counter>,
     pub tools_without_upstream: Gauge,
     shadow_agreements: Counter,
     shadow_disagreements: Family<TransitionLabels, Counter>,
@@ -241,6 +248,12 @@ impl Metrics {
             "Proxy mode: calls waiting on each tool now (bounded by its max_concurrent)",
             upstream_in_flight.clone(),
         );
+        let upstream_client_cert_reload_failures = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "ecl_upstream_client_cert_reload_failures",
+            "Proxy mode: changed upstream client certificate or key files that could not be loaded, by tool name; the certificate in use stays",
+            upstream_client_cert_reload_failures.clone(),
+        );
         let tools_without_upstream = Gauge::default();
         registry.register(
             "ecl_tools_without_upstream",
@@ -276,6 +289,7 @@ impl Metrics {
         Metrics {
             registry,
             decisions,
+            decision_counters: Default::default(),
             decision_duration,
             audit_append_duration,
             audit_fsync_duration,
@@ -297,6 +311,7 @@ impl Metrics {
             upstream_calls,
             upstream_duration,
             upstream_in_flight,
+            upstream_client_cert_reload_failures,
             tools_without_upstream,
             shadow_agreements,
             shadow_disagreements,
@@ -340,6 +355,15 @@ impl Metrics {
         }
     }
 
+    /// Counts one replacement of `tool`'s client certificate files that did not load.
+    pub fn upstream_client_cert_reload_failed(&self, tool: &str) {
+        self.upstream_client_cert_reload_failures
+            .get_or_create(&ToolLabels {
+                tool: tool.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts a call waiting on `tool` until the returned guard is dropped.
     pub fn upstream_waiting(&self, tool: &str) -> UpstreamInFlight {
         let gauge = self
@@ -353,12 +377,24 @@ impl Metrics {
     }
 
     pub fn decided(&self, decision: DecisionType, reason: ReasonCode, seconds: f64) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                decision: decision.as_str(),
-                reason: reason.as_str(),
-            })
-            .inc();
+        let labels = || DecisionLabels {
+            decision: decision.as_str(),
+            reason: reason.as_str(),
+        };
+        match self
+            .decision_counters
+            .get(decision as usize)
+            .and_then(|by_reason| by_reason.get(reason as usize))
+        {
+            Some(slot) => {
+                slot.get_or_init(|| self.decisions.get_or_create(&labels()).clone())
+                    .inc();
+            }
+            // Unreachable while the array is sized by the enums; counted all the same.
+            None => {
+                self.decisions.get_or_create(&labels()).inc();
+            }
+        }
         self.decision_duration.observe(seconds);
     }
 

@@ -291,7 +291,7 @@ impl<S: Sink> Writer<S> {
 
     /// Chains, writes, syncs and answers one batch; empties `batch`.
     fn commit(&mut self, batch: &mut Vec<Pending>) {
-        let logged_at = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let logged_at = crate::rfc3339::micros(SystemTime::now());
         let mut seq = self.next_seq;
         let mut prev_hash = self.prev_hash.clone();
         let mut answers = Vec::with_capacity(batch.len());

@@ -1,9 +1,9 @@
 //! Caller authentication on the execution listener: from a request's head to a [`Caller`].
 //!
-//! Owns reading credentials (today: bearer JWTs) and their keys. It looks at headers and the
-//! URI only — never the body — so a refusal costs no body read, and it hands the decision a
-//! [`Caller`], never a credential: tokens never reach a log line, an audit record or a
-//! `detail`. It never decides what a caller may do; bindings in the pure core do.
+//! Owns reading credentials (bearer JWTs, the client certificate the listener verified) and
+//! the JWT keys. It looks at headers and the URI only — never the body — so a refusal costs
+//! no body read, and it hands the decision a [`Caller`], never a credential: tokens never
+//! reach a log line, an audit record or a `detail`. It never decides what a caller may do; bindings in the pure core do.
 
 mod jwt;
 mod keys;
@@ -119,46 +119,71 @@ impl Authenticator {
 
     /// Who sent a request with this head, over a connection whose verified client
     /// certificate named `peer`.
+    ///
+    /// With both methods, a request that carries a bearer token (in `Authorization`, or
+    /// refused in the query string) is judged by that token alone: a bad token is refused even
+    /// beside a good certificate, never silently passed over for it. Only a request with no
+    /// bearer credential at all is judged by its certificate.
     pub fn authenticate(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
         peer: Option<&Caller>,
     ) -> Result<Caller, AuthFailure> {
-        if self.mtls {
-            return peer.cloned().ok_or_else(|| AuthFailure {
+        match (&self.jwt, self.mtls) {
+            (None, false) => Ok(Caller::anonymous()),
+            (None, true) => peer.cloned().ok_or_else(|| AuthFailure {
                 error: None,
                 description: "no client certificate: this listener authenticates callers by mTLS"
                     .into(),
                 bearer: false,
-            });
+            }),
+            (Some(jwt), false) => bearer(jwt, uri, headers),
+            (Some(jwt), true) => {
+                if carries_bearer(uri, headers) {
+                    return bearer(jwt, uri, headers);
+                }
+                peer.cloned().ok_or_else(|| AuthFailure {
+                    error: None,
+                    description:
+                        "no credentials: send `Authorization: Bearer <token>` or a client certificate"
+                            .into(),
+                    bearer: true,
+                })
+            }
         }
-        let Some(jwt) = &self.jwt else {
-            return Ok(Caller::anonymous());
-        };
-        // RFC 6750 §2.3 allows `access_token` in the query, and §5.3 warns it ends up in
-        // access logs: refused, so no client learns to send it that way.
-        if uri.query().is_some_and(has_access_token) {
+    }
+}
+
+/// Whether the request offers a bearer token anywhere the gate looks (or refuses to look).
+fn carries_bearer(uri: &Uri, headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || uri.query().is_some_and(has_access_token)
+}
+
+/// The caller a request's bearer token names.
+fn bearer(jwt: &JwtVerifier, uri: &Uri, headers: &HeaderMap) -> Result<Caller, AuthFailure> {
+    // RFC 6750 §2.3 allows `access_token` in the query, and §5.3 warns it ends up in
+    // access logs: refused, so no client learns to send it that way.
+    if uri.query().is_some_and(has_access_token) {
+        return Err(AuthFailure::invalid_request(
+            "bearer tokens are not accepted in the query string; send `Authorization: Bearer`",
+        ));
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        if headers.contains_key(header::AUTHORIZATION) {
             return Err(AuthFailure::invalid_request(
-                "bearer tokens are not accepted in the query string; send `Authorization: Bearer`",
+                "more than one `Authorization` header",
             ));
         }
-        let mut values = headers.get_all(header::AUTHORIZATION).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
-            if headers.contains_key(header::AUTHORIZATION) {
-                return Err(AuthFailure::invalid_request(
-                    "more than one `Authorization` header",
-                ));
-            }
-            return Err(AuthFailure {
-                error: None,
-                description: "no bearer token: send `Authorization: Bearer <token>`".into(),
-                bearer: true,
-            });
-        };
-        let token = bearer_token(value.as_bytes())?;
-        jwt.verify(token)
-    }
+        return Err(AuthFailure {
+            error: None,
+            description: "no bearer token: send `Authorization: Bearer <token>`".into(),
+            bearer: true,
+        });
+    };
+    let token = bearer_token(value.as_bytes())?;
+    jwt.verify(token)
 }
 
 fn has_access_token(query: &str) -> bool {
@@ -210,6 +235,19 @@ mod tests {
         assert!(bearer_token(b"Basic abc").is_err());
         assert!(bearer_token(b"Bearer ").is_err());
         assert!(bearer_token(b"Bearer").is_err());
+    }
+
+    #[test]
+    // With both methods, any bearer credential (even one refused for where it is) decides;
+    // only a request with none at all falls to the client certificate.
+    fn a_bearer_credential_is_spotted_in_the_header_or_the_query() {
+        let uri = |text: &str| text.parse::<Uri>().unwrap();
+        let mut headers = HeaderMap::new();
+        assert!(!carries_bearer(&uri("/v1/execute"), &headers));
+        assert!(!carries_bearer(&uri("/v1/execute?trace=1"), &headers));
+        assert!(carries_bearer(&uri("/v1/execute?access_token=x"), &headers));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert!(carries_bearer(&uri("/v1/execute"), &headers));
     }
 
     #[test]

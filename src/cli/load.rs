@@ -3,6 +3,7 @@
 //! Exit codes: 0 every answer was a well-formed decision; 1 any FAIL, or the target could not be
 //! reached; 2 usage errors.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -77,6 +78,10 @@ pub struct LoadArgs {
     /// Open a new connection (and TLS handshake) for every request: measures handshakes
     #[arg(long)]
     new_connections: bool,
+    /// Print the request body this run would send (`request_id` "load-1") and exit: the same
+    /// request for another load generator (wrk, oha, k6, hey)
+    #[arg(long, conflicts_with_all = ["json", "requests", "duration"])]
+    print_body: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -139,6 +144,19 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    if args.print_body {
+        let [template] = workload.templates.as_slice() else {
+            return usage(format!(
+                "--print-body prints one request; {} sends {}",
+                workload.name,
+                workload.templates.len()
+            ));
+        };
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&template.body(b"load-1"))?;
+        stdout.write_all(b"\n")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = Options {
         url: args.url.clone(),
         limit,

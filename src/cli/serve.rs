@@ -143,6 +143,9 @@ pub fn run(config_path: Option<&Path>, args: &ServeArgs) -> anyhow::Result<ExitC
                 gate.used_tokens = Some(Ledger::Postgres(ledger));
             }
         }
+        if let Some(proxy) = &proxy {
+            proxy.spawn_reloaders(&metrics);
+        }
         gate.proxy = proxy;
         if let Some(escalations) = &config.escalations {
             let notifier =
@@ -415,6 +418,13 @@ fn proxy_mode(config: &Config, profiles: &ProfileStore) -> anyhow::Result<Option
         );
     }
     for (tool, upstream) in &proxy_config.upstreams {
+        if let Some(files) = &upstream.client_cert {
+            tracing::info!(
+                %tool,
+                cert_file = %files.cert_file.display(),
+                "upstream is called with a client certificate (mTLS), re-read when it changes"
+            );
+        }
         if upstream.url.scheme_str() == Some("http") {
             tracing::warn!(
                 %tool,

@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_TOKEN_BYTES: u64 = 8192;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
-    /// `["none"]` (the default) or `["jwt"]`.
+    /// `["none"]` (the default), or one or both of `"jwt"` and `"mtls"`.
     pub methods: Vec<String>,
     pub jwt: RawJwt,
 }
@@ -62,7 +62,7 @@ pub struct RawListenTls {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
-    /// PEM CA bundle client certificates must chain to; needed by `auth.methods = ["mtls"]`.
+    /// PEM CA bundle client certificates must chain to; needed when `auth.methods` has `mtls`.
     pub client_ca_file: PathBuf,
     /// How often the files are checked for changes.
     pub reload_interval_ms: u64,
@@ -153,7 +153,8 @@ impl JwtAlgorithm {
 pub struct AuthConfig {
     /// `Some` when `auth.methods` has `jwt`.
     pub jwt: Option<JwtConfig>,
-    /// `auth.methods = ["mtls"]`: the caller is the verified client certificate.
+    /// `auth.methods` has `mtls`: a verified client certificate names the caller (with `jwt`
+    /// too: when the request carries no bearer token).
     pub mtls: bool,
 }
 
@@ -197,42 +198,52 @@ impl RawAuth {
         if client_ca && !auth.mtls {
             return Err(invalid(
                 "listen_tls.client_ca_file",
-                "is used only with `auth.methods = [\"mtls\"]`",
+                "is used only when `auth.methods` has `mtls`",
             ));
         }
         Ok(auth)
     }
 
     fn validate_methods(self) -> Result<AuthConfig, ConfigError> {
-        let methods: Vec<&str> = self.methods.iter().map(String::as_str).collect();
-        match methods.as_slice() {
-            // Unused `[auth.jwt]` settings are still checked: a typo should not wait for the day
-            // `jwt` is switched on.
-            ["none"] => self.jwt.validate(false).map(|_| AuthConfig::default()),
-            ["jwt"] => Ok(AuthConfig {
-                jwt: Some(self.jwt.validate(true)?),
-                mtls: false,
-            }),
-            ["mtls"] => self.jwt.validate(false).map(|_| AuthConfig {
-                jwt: None,
-                mtls: true,
-            }),
-            [] => Err(invalid(
+        if self.methods.is_empty() {
+            return Err(invalid(
                 "auth.methods",
                 "must not be empty; `[\"none\"]` lets every caller in as `anonymous`",
-            )),
-            _ if methods.contains(&"none") => Err(invalid(
+            ));
+        }
+        let (mut jwt, mut mtls, mut none) = (false, false, false);
+        for method in &self.methods {
+            let seen = match method.as_str() {
+                "jwt" => &mut jwt,
+                "mtls" => &mut mtls,
+                "none" => &mut none,
+                other => {
+                    return Err(invalid(
+                        "auth.methods",
+                        format!("`{other}`: expected `none`, `jwt` or `mtls`"),
+                    ))
+                }
+            };
+            if std::mem::replace(seen, true) {
+                return Err(invalid(
+                    "auth.methods",
+                    format!("`{method}` is listed twice"),
+                ));
+            }
+        }
+        if none && self.methods.len() > 1 {
+            return Err(invalid(
                 "auth.methods",
                 "`none` cannot be combined with other methods",
-            )),
-            _ => Err(invalid(
-                "auth.methods",
-                format!(
-                    "`{}`: expected one of `[\"none\"]`, `[\"jwt\"]` or `[\"mtls\"]` (methods cannot be combined yet)",
-                    self.methods.join(", ")
-                ),
-            )),
+            ));
         }
+        // Unused `[auth.jwt]` settings are still checked: a typo should not wait for the day
+        // `jwt` is switched on.
+        let checked = self.jwt.validate(jwt)?;
+        Ok(AuthConfig {
+            jwt: jwt.then_some(checked),
+            mtls,
+        })
     }
 }
 

@@ -644,6 +644,7 @@ impl RawConfig {
         let shadow = shadow_candidates(&self.shadow)?;
         let approvals = self.approvals.validate()?;
         let escalations = self.escalations.validate(&self.tls)?;
+        self.tls.reload_interval()?;
         // Upstreams and grants are read (credentials, keys) only when they will be used.
         let proxy = match mode {
             Mode::Proxy => Some(proxy::validate(

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Uri};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::ConfigError;
 use crate::grant::{GrantSigner, MAX_LIFETIME};
@@ -62,6 +63,13 @@ pub struct RawUpstream {
     pub max_concurrent: Option<u64>,
     #[serde(default)]
     pub headers: BTreeMap<String, RawHeaderValue>,
+    /// PEM certificate chain (leaf first) the gate presents to this tool in the TLS handshake;
+    /// `https://` only, with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 /// A header value: literal, or read at start from the environment or a file.
@@ -172,6 +180,25 @@ pub struct RawTls {
     pub ca_file: Option<PathBuf>,
     /// Also trust the public web PKI (Mozilla's roots, built in) and the system's store.
     pub public_roots: bool,
+    /// How often upstream client certificate files are checked for changes.
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_interval_ms() -> u64 {
+    1000
+}
+
+impl RawTls {
+    /// `reload_interval_ms`, checked in every mode: a typo should not wait for proxy mode.
+    pub fn reload_interval(&self) -> Result<Duration, ConfigError> {
+        super::in_range(
+            "tls.reload_interval_ms",
+            self.reload_interval_ms,
+            100..=600_000,
+        )
+        .map(Duration::from_millis)
+    }
 }
 
 impl Default for RawTls {
@@ -179,6 +206,7 @@ impl Default for RawTls {
         RawTls {
             ca_file: None,
             public_roots: true,
+            reload_interval_ms: default_reload_interval_ms(),
         }
     }
 }
@@ -192,6 +220,8 @@ pub struct ProxyConfig {
     /// Certificates from `tls.ca_file`.
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub public_roots: bool,
+    /// How often upstream client certificate files are checked for changes.
+    pub reload_interval: Duration,
     /// For the operator, logged at start (validation runs before logging is set up).
     pub warnings: Vec<String>,
 }
@@ -207,6 +237,103 @@ pub struct Upstream {
     pub max_concurrent: usize,
     /// Values are marked sensitive: `Debug` prints `Sensitive`, never the credential.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The certificate the gate presents to this tool (mTLS towards the tool).
+    pub client_cert: Option<ClientCertFiles>,
+}
+
+/// `client_cert` and `client_key` of one upstream: the files, re-read when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// A client certificate chain and its key, read from [`ClientCertFiles`] and checked to
+/// belong together. `Debug` never shows the key.
+pub struct ClientIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 over both files' bytes: a reload rebuilds only when it changes.
+    pub fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest client certificate or key file read (a chain is a few KiB).
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// Reads a file of at most [`MAX_PEM_BYTES`].
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!(
+            "`{}` is larger than {MAX_PEM_BYTES} bytes",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The SHA-256 over both files' bytes, without parsing them: what a reload check compares.
+pub fn client_cert_fingerprint(files: &ClientCertFiles) -> Result<[u8; 32], String> {
+    let mut digest = Sha256::new();
+    digest.update(read_bounded(&files.cert_file)?);
+    digest.update(read_bounded(&files.key_file)?);
+    Ok(digest.finalize().into())
+}
+
+/// Reads and checks a client certificate and its key. Errors name the file and the problem,
+/// never the key's bytes.
+pub fn read_client_identity(files: &ClientCertFiles) -> Result<ClientIdentity, String> {
+    let cert_bytes = read_bounded(&files.cert_file)?;
+    let key_bytes = read_bounded(&files.key_file)?;
+    let mut digest = Sha256::new();
+    digest.update(&cert_bytes);
+    digest.update(&key_bytes);
+    let chain = CertificateDer::pem_slice_iter(&cert_bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("`{}`: {err}", files.cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "`{}` holds no PEM certificate",
+            files.cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|err| {
+        format!(
+            "`{}`: no usable private key: {err}",
+            files.key_file.display()
+        )
+    })?;
+    // The same check rustls makes when the key is used: it parses the key and compares it with
+    // the certificate's public key, so a mismatched pair is refused here, not at a handshake.
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
+        |err| {
+            format!(
+                "`{}` and `{}` do not make a certificate and its key: {err}",
+                files.cert_file.display(),
+                files.key_file.display()
+            )
+        },
+    )?;
+    Ok(ClientIdentity {
+        chain,
+        key,
+        fingerprint: digest.finalize().into(),
+    })
 }
 
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
@@ -242,6 +369,7 @@ pub fn validate(
             "does not fit this platform",
         )
     })?;
+    let reload_interval = tls.reload_interval()?;
     let mut warnings = Vec::new();
     let signer = signing_key(grants, &mut warnings)?;
     let extra_roots = match &tls.ca_file {
@@ -266,6 +394,7 @@ pub fn validate(
         max_upstream_body_bytes,
         extra_roots,
         public_roots: tls.public_roots,
+        reload_interval,
         warnings,
     })
 }
@@ -420,6 +549,7 @@ fn upstream(tool: &str, raw: RawUpstream) -> Result<Upstream, ConfigError> {
         value.set_sensitive(true);
         headers.push((header, value));
     }
+    let client_cert = client_cert(tool, &url, raw.client_cert, raw.client_key)?;
     Ok(Upstream {
         url,
         method,
@@ -427,7 +557,50 @@ fn upstream(tool: &str, raw: RawUpstream) -> Result<Upstream, ConfigError> {
         audience,
         max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
         headers,
+        client_cert,
     })
+}
+
+/// `client_cert` and `client_key`: both or neither, `https://` only, read and checked now so a
+/// bad pair stops the start instead of failing every call.
+fn client_cert(
+    tool: &str,
+    url: &Uri,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<ClientCertFiles>, ConfigError> {
+    let key_name = |field: &str| format!("upstreams.\"{tool}\".{field}");
+    let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+    let files = match (set(cert), set(key)) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(invalid(
+                key_name("client_key"),
+                "must name the private key of `client_cert` (set both or neither)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                key_name("client_cert"),
+                "must name the certificate of `client_key` (set both or neither)",
+            ))
+        }
+        (Some(cert_file), Some(key_file)) => ClientCertFiles {
+            cert_file,
+            key_file,
+        },
+    };
+    if url.scheme_str() != Some("https") {
+        return Err(invalid(
+            key_name("client_cert"),
+            "a client certificate is presented in a TLS handshake: the `url` must be `https://`",
+        ));
+    }
+    // Unreadable files are named by their own key; a pair that does not load, by `client_cert`.
+    read_bounded(&files.cert_file).map_err(|err| invalid(key_name("client_cert"), err))?;
+    read_bounded(&files.key_file).map_err(|err| invalid(key_name("client_key"), err))?;
+    read_client_identity(&files).map_err(|err| invalid(key_name("client_cert"), err))?;
+    Ok(Some(files))
 }
 
 /// `scheme://authority/path`: what may be written down about an upstream. The query may hold

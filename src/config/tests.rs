@@ -410,3 +410,163 @@ fn file_ledger(config: &Config) -> Option<PathBuf> {
         _ => None,
     }
 }
+
+/// A proxy configuration around one `https://` upstream, its grant key written into the jail.
+fn proxy_with(jail: &Jail, url: &str, upstream_keys: &str) -> Result<(), figment::Error> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+        .to_pkcs8_pem(Default::default())
+        .map_err(|err| err.to_string())?;
+    jail.create_file("grant.key", &key)?;
+    jail.create_file(
+        "gate.toml",
+        &format!(
+            "mode = \"proxy\"\n[grants]\nsigning_key = \"grant.key\"\n\
+             [upstreams.\"email.send\"]\nurl = \"{url}\"\n{upstream_keys}"
+        ),
+    )?;
+    Ok(())
+}
+
+/// A certificate and its key (PEM), made here.
+fn client_pair(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+// Item 5 of issue 14: a client certificate towards an upstream is both files or neither, over
+// https only, and files that are missing or do not belong together stop the start, naming the
+// key.
+#[test]
+fn upstream_client_certificates_are_checked_at_start() {
+    Jail::expect_with(|jail| {
+        let (cert, key) = client_pair("gate.internal");
+        let (_, other_key) = client_pair("someone.else");
+        jail.create_file("gate.crt", &cert)?;
+        jail.create_file("gate.key", &key)?;
+        jail.create_file("other.key", &other_key)?;
+        let https = "https://tool.internal/send";
+        let both = "client_cert = \"gate.crt\"\nclient_key = \"gate.key\"\n";
+
+        proxy_with(jail, https, both)?;
+        let config = load_in(jail, Some("gate.toml")).map_err(|e| e.to_string())?;
+        let proxy = config.proxy.unwrap();
+        let files = proxy.upstreams["email.send"].client_cert.clone().unwrap();
+        assert_eq!(files.cert_file, Path::new("gate.crt"));
+        assert_eq!(files.key_file, Path::new("gate.key"));
+        assert_eq!(proxy.reload_interval, Duration::from_secs(1));
+
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                https,
+                "client_cert = \"gate.crt\"\n",
+                "`upstreams.\"email.send\".client_key`",
+                "set both or neither",
+            ),
+            (
+                https,
+                "client_key = \"gate.key\"\n",
+                "`upstreams.\"email.send\".client_cert`",
+                "set both or neither",
+            ),
+            (
+                "http://tool.internal/send",
+                both,
+                "`upstreams.\"email.send\".client_cert`",
+                "the `url` must be `https://`",
+            ),
+            (
+                https,
+                "client_cert = \"gate.crt\"\nclient_key = \"missing.key\"\n",
+                "`upstreams.\"email.send\".client_key`",
+                "cannot read `missing.key`",
+            ),
+            (
+                https,
+                "client_cert = \"missing.crt\"\nclient_key = \"gate.key\"\n",
+                "`upstreams.\"email.send\".client_cert`",
+                "cannot read `missing.crt`",
+            ),
+            (
+                https,
+                "client_cert = \"gate.key\"\nclient_key = \"gate.key\"\n",
+                "`upstreams.\"email.send\".client_cert`",
+                "holds no PEM certificate",
+            ),
+            (
+                https,
+                "client_cert = \"gate.crt\"\nclient_key = \"other.key\"\n",
+                "`upstreams.\"email.send\".client_cert`",
+                "do not make a certificate and its key",
+            ),
+        ];
+        for (url, keys, named, says) in cases {
+            proxy_with(jail, url, keys)?;
+            let err = load_in(jail, Some("gate.toml")).unwrap_err().to_string();
+            assert!(err.contains(named) && err.contains(says), "{keys}: {err}");
+            assert!(!err.contains("PRIVATE KEY"), "no key material: {err}");
+        }
+
+        proxy_with(jail, https, both)?;
+        jail.set_env("ECL_TLS__RELOAD_INTERVAL_MS", "50");
+        let err = load_in(jail, Some("gate.toml")).unwrap_err().to_string();
+        assert!(err.contains("`tls.reload_interval_ms`"), "{err}");
+        Ok(())
+    });
+}
+
+// Item 2 of issue 14: `mtls` and `jwt` combine; `none` never does, and a method is named once.
+#[test]
+fn auth_methods_combine_except_none() {
+    Jail::expect_with(|jail| {
+        let tls = "[listen_tls]\ncert_file = \"g.pem\"\nkey_file = \"g.key\"\nclient_ca_file = \"ca.pem\"\n";
+        let jwt = "[auth.jwt]\nissuer = \"https://issuer\"\naudience = \"ecl-gate\"\njwks_file = \"jwks.json\"\n";
+        for methods in ["[\"mtls\", \"jwt\"]", "[\"jwt\", \"mtls\"]"] {
+            jail.create_file(
+                "gate.toml",
+                &format!("{tls}[auth]\nmethods = {methods}\n{jwt}"),
+            )?;
+            let config = load_in(jail, Some("gate.toml")).map_err(|e| e.to_string())?;
+            assert!(config.auth.mtls && config.auth.jwt.is_some(), "{methods}");
+        }
+        let refused: &[(&str, &str, &str)] = &[
+            (tls, "[\"mtls\", \"none\"]", "`none` cannot be combined"),
+            (tls, "[\"jwt\", \"jwt\"]", "`jwt` is listed twice"),
+            (
+                tls,
+                "[\"mtls\", \"saml\"]",
+                "`saml`: expected `none`, `jwt` or `mtls`",
+            ),
+            (
+                "",
+                "[\"mtls\", \"jwt\"]",
+                "`mtls` needs `listen_tls.cert_file`",
+            ),
+        ];
+        for (tls, methods, says) in refused {
+            jail.create_file(
+                "gate.toml",
+                &format!("{tls}[auth]\nmethods = {methods}\n{jwt}"),
+            )?;
+            let err = load_in(jail, Some("gate.toml")).unwrap_err().to_string();
+            assert!(
+                err.contains("`auth.methods`") && err.contains(says),
+                "{methods}: {err}"
+            );
+        }
+        jail.create_file(
+            "gate.toml",
+            &format!("{tls}[auth]\nmethods = [\"jwt\"]\n{jwt}"),
+        )?;
+        let err = load_in(jail, Some("gate.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("`listen_tls.client_ca_file`") && err.contains("has `mtls`"),
+            "{err}"
+        );
+        Ok(())
+    });
+}

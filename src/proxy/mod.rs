@@ -14,7 +14,8 @@
 //! gate's `max_in_flight`: a slow tool fills its own slots, never the ones deciding needs.
 //!
 //! - `crate::config::proxy`: the `[upstreams]`, `[grants]`, `[tls]` keys and their validation.
-//! - `client`: the pooled HTTP/1.1 + HTTP/2 client over rustls.
+//! - `client`: the pooled HTTP/1.1 + HTTP/2 clients over rustls, and the client certificates
+//!   presented to upstreams, reloaded when their files change.
 //! - `outcome`: the `outcome` record and the answer's `execution` block.
 //! - `routes`: which allowed tools have no upstream.
 
@@ -57,6 +58,8 @@ pub struct Proxy {
     slots: BTreeMap<String, Arc<Semaphore>>,
     signer: GrantSigner,
     client: UpstreamClient,
+    /// How often upstream client certificate files are checked (`tls.reload_interval_ms`).
+    reload_interval: Duration,
     /// Set once a stop's grace is over: calls still waiting on a tool end as `shutdown`.
     stopping: watch::Sender<bool>,
     forwarding: AtomicUsize,
@@ -80,10 +83,16 @@ impl Proxy {
             slots,
             signer: config.signer.clone(),
             client: UpstreamClient::new(config)?,
+            reload_interval: config.reload_interval,
             stopping: watch::channel(false).0,
             forwarding: AtomicUsize::new(0),
             idle: Notify::new(),
         })
+    }
+
+    /// Watches upstream client certificate files for changes; call once, inside the runtime.
+    pub fn spawn_reloaders(&self, metrics: &Arc<Metrics>) {
+        self.client.spawn_reloaders(self.reload_interval, metrics);
     }
 
     /// Calls forwarded and not yet recorded.
@@ -210,7 +219,7 @@ impl Proxy {
                         Ok((token, claims)) => {
                             grant = Some(claims);
                             let _waiting = metrics.upstream_waiting(tool);
-                            self.call_unless_stopping(upstream, sent.clone(), &token)
+                            self.call_unless_stopping(tool, upstream, sent.clone(), &token)
                                 .await
                         }
                     },
@@ -299,6 +308,7 @@ impl Proxy {
     /// dropped: the connection closes, and the tool may or may not have run the call).
     async fn call_unless_stopping(
         &self,
+        tool: &str,
         upstream: &Upstream,
         body: Bytes,
         grant: &str,
@@ -309,7 +319,7 @@ impl Proxy {
             return (Err(UpstreamError::Shutdown), Duration::ZERO);
         }
         tokio::select! {
-            done = self.client.call(upstream, body, grant) => done,
+            done = self.client.call(tool, upstream, body, grant) => done,
             _ = stopping.wait_for(|stop| *stop) => (Err(UpstreamError::Shutdown), started.elapsed()),
         }
     }

@@ -164,7 +164,7 @@ fn error_value(err: &UpstreamError) -> Value {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
+    crate::rfc3339::micros(t)
 }
 
 pub(super) fn millis(duration: Duration) -> u64 {

@@ -422,5 +422,5 @@ fn to_micros(t: SystemTime) -> SystemTime {
 }
 
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
+    crate::rfc3339::micros(t)
 }

@@ -14,17 +14,17 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::common::{bytes_of, email_args, request_for, with, Options, TestGate, ValueExt};
 
-const ISSUER: &str = "https://issuer.test";
-const AUDIENCE: &str = "ecl-gate";
-const FINANCE: &str = "system:serviceaccount:agents:finance";
+pub(crate) const ISSUER: &str = "https://issuer.test";
+pub(crate) const AUDIENCE: &str = "ecl-gate";
+pub(crate) const FINANCE: &str = "system:serviceaccount:agents:finance";
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/callers")
         .join(name)
 }
 
-fn read(name: &str) -> Vec<u8> {
+pub(crate) fn read(name: &str) -> Vec<u8> {
     std::fs::read(fixture(name)).unwrap()
 }
 
@@ -126,14 +126,19 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn claims(sub: &str) -> serde_json::Value {
+pub(crate) fn claims(sub: &str) -> serde_json::Value {
     serde_json::json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": sub,
         "iat": now(), "exp": now() + 600,
     })
 }
 
-fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &serde_json::Value) -> String {
+pub(crate) fn sign(
+    alg: Algorithm,
+    kid: &str,
+    key: &EncodingKey,
+    claims: &serde_json::Value,
+) -> String {
     let mut header = Header::new(alg);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, key).unwrap()
@@ -735,7 +740,7 @@ pub(crate) fn serve(
     (child, url, log)
 }
 
-async fn post(
+pub(crate) async fn post(
     url: &str,
     authorization: Option<&str>,
     body: bytes::Bytes,

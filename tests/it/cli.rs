@@ -319,3 +319,35 @@ pub fn post(addr: &str, body: &[u8]) -> Value {
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     canonical::parse(&response[split + 4..]).unwrap()
 }
+
+#[test]
+// `load --print-body` hands another load generator (wrk, oha) the very request `load` sends,
+// and it is the ALLOW its scenario expects.
+fn load_prints_the_request_it_would_send() {
+    let (code, body, err) = run(&["load", "--scenario", "allow", "--print-body"], b"");
+    assert_eq!(code, 0, "{err}");
+    let request: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(request["request_id"], "load-1");
+    assert_eq!(request["tool"]["name"], "email.send");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("request.json");
+    std::fs::write(&file, &body).unwrap();
+    let decided = gate_command()
+        .env("PROFILES_ROOT", shipped_profiles())
+        .args(["decide", "--request"])
+        .arg(&file)
+        .args(["--expect", "ALLOW"])
+        .output()
+        .unwrap();
+    assert!(
+        decided.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&decided.stdout),
+        String::from_utf8_lossy(&decided.stderr)
+    );
+
+    let (code, _, err) = run(&["load", "--scenario", "mixed", "--print-body"], b"");
+    assert_eq!(code, 2);
+    assert!(err.contains("--print-body prints one request"), "{err}");
+}

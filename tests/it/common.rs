@@ -124,7 +124,9 @@ impl TestGate {
         gate.auth.spawn_reloader();
         gate.context.bindings = options.bindings;
         if let Some(proxy) = &options.proxy {
-            gate.proxy = Some(Arc::new(ecl_gate::proxy::Proxy::new(proxy).unwrap()));
+            let proxy = ecl_gate::proxy::Proxy::new(proxy).unwrap();
+            proxy.spawn_reloaders(&gate.metrics);
+            gate.proxy = Some(Arc::new(proxy));
         }
         let metrics = Arc::clone(&gate.metrics);
         let server = Server::bind(config.listen, Arc::new(gate)).await.unwrap();

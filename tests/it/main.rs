@@ -24,6 +24,7 @@ mod pg;
 mod profiles;
 mod props;
 mod proxy;
+mod proxy_mtls;
 mod proxy_ops;
 mod replay;
 mod schemas;

@@ -33,7 +33,7 @@ fn gate_key() -> SigningKey {
 }
 
 /// Writes the gate's grant key (a clearly fake test key) and the API credential into `dir`.
-fn write_secrets(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn write_secrets(dir: &Path) -> (PathBuf, PathBuf) {
     let key_path = dir.join("grant.key");
     let pem = KeypairBytes {
         secret_key: GATE_SEED,
@@ -47,7 +47,7 @@ fn write_secrets(dir: &Path) -> (PathBuf, PathBuf) {
     (key_path, credential)
 }
 
-fn upstream(url: &str) -> RawUpstream {
+pub(crate) fn upstream(url: &str) -> RawUpstream {
     RawUpstream {
         url: url.to_owned(),
         method: None,
@@ -55,11 +55,17 @@ fn upstream(url: &str) -> RawUpstream {
         audience: None,
         max_concurrent: None,
         headers: BTreeMap::new(),
+        client_cert: None,
+        client_key: None,
     }
 }
 
 /// A validated proxy configuration, through the same path `serve` uses.
-fn proxy_config(dir: &Path, upstreams: Vec<(&str, RawUpstream)>, tls: RawTls) -> ProxyConfig {
+pub(crate) fn proxy_config(
+    dir: &Path,
+    upstreams: Vec<(&str, RawUpstream)>,
+    tls: RawTls,
+) -> ProxyConfig {
     let (key, credential) = write_secrets(dir);
     let upstreams = upstreams
         .into_iter()
@@ -97,7 +103,7 @@ async fn tool_that_must_not_be_called() -> MockServer {
     tool
 }
 
-async fn proxy_gate(config: ProxyConfig) -> TestGate {
+pub(crate) async fn proxy_gate(config: ProxyConfig) -> TestGate {
     TestGate::start_with(Options {
         proxy: Some(config),
         ..Options::default()
@@ -115,12 +121,12 @@ async fn gate_to(server_uri: &str, dir: &Path) -> TestGate {
     proxy_gate(proxy_config(dir, upstreams, RawTls::default())).await
 }
 
-fn allowed_email() -> Value {
+pub(crate) fn allowed_email() -> Value {
     request("r-allow", "email.send", email_args("bob@example.com", "hi"))
 }
 
 /// Every record of the gate's log, checked as a chain.
-fn verified_records(gate: &TestGate) -> Vec<Value> {
+pub(crate) fn verified_records(gate: &TestGate) -> Vec<Value> {
     verify_files(std::slice::from_ref(&gate.audit_path)).unwrap();
     gate.records()
 }
@@ -513,6 +519,7 @@ async fn tls_with_the_configured_ca_speaks_http2() {
     let tls = RawTls {
         ca_file: Some(tool.ca_pem.clone()),
         public_roots: false,
+        ..RawTls::default()
     };
     let (status, answer, outcome) =
         forward_to(upstream(&format!("https://{}/send", tool.addr)), tls).await;

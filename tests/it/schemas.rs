@@ -1286,7 +1286,7 @@ fn the_config_schema_knows_every_key_and_default() {
     let mut keys = 0;
     compare_defaults(&schema_doc, &defaults, "", &mut keys);
     println!("config keys with their defaults: {keys}");
-    assert_eq!(keys, 62);
+    assert_eq!(keys, 63);
 }
 
 #[test]
@@ -1305,6 +1305,7 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[auth.jwt.keys.k1]\nfile = \"k1.pem\"\nalg = \"ES256\"",
         "[[bindings]]\ncaller = \"anonymous\"\nprofiles = [\"example@1.*\"]\nprincipals = [\"agent:*\", \"{caller}\"]",
         "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nclient_ca_file = \"agents-ca.pem\"\n[auth]\nmethods = [\"mtls\"]",
+        "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nclient_ca_file = \"agents-ca.pem\"\n[auth]\nmethods = [\"mtls\", \"jwt\"]\n[auth.jwt]\nissuer = \"https://kubernetes.default.svc\"\naudience = \"ecl-gate\"\njwks_file = \"/etc/ecl-gate/jwks.json\"",
         "[approvals]\nsingle_use = true\nledger = \"postgres://gate@db:5432/ecl?sslmode=require\"",
     ];
     for text in good {
@@ -1351,6 +1352,9 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nreload_interval_ms = 10",
         "[auth]\nmethods = []",
         "[auth]\nmethods = [\"none\", \"jwt\"]",
+        "[auth]\nmethods = [\"jwt\", \"jwt\"]\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"j.json\"",
+        "[listen_tls]\ncert_file = \"gate.pem\"\nkey_file = \"gate.key\"\nclient_ca_file = \"agents-ca.pem\"\n[auth]\nmethods = [\"mtls\", \"none\"]",
+        "[tls]\nreload_interval_ms = 10",
         "[auth]\nmethods = [\"jwt\"]",
         "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"i\"\naudience = \"\"\njwks_file = \"j.json\"",
         "[auth.jwt]\nclock_skew = \"soon\"",
@@ -1374,5 +1378,35 @@ fn configs_the_gate_refuses_the_schema_refuses() {
         good.len(),
         bad.len()
     );
-    assert_eq!((good.len(), bad.len()), (13, 49));
+    assert_eq!((good.len(), bad.len()), (14, 52));
+}
+
+#[test]
+// An upstream's client certificate: both files or neither, and only towards https://. The gate
+// refuses the same (src/config/tests.rs); proxy configurations need key files to load, so the
+// schema is checked on its own here.
+fn upstream_client_certificates_in_the_config_schema() {
+    let schema = schema_file("schemas/config.schema.json");
+    let proxy = |url: &str, keys: &str| {
+        toml_to_json(&format!(
+            "mode = \"proxy\"\n[grants]\nsigning_key = \"grant.key\"\n[upstreams.\"email.send\"]\nurl = \"{url}\"\n{keys}"
+        ))
+    };
+    let both = "client_cert = \"gate.crt\"\nclient_key = \"gate.key\"";
+    assert_valid(
+        &schema,
+        &proxy("https://tool/send", both),
+        "both files, https",
+    );
+    assert_valid(&schema, &proxy("http://tool/send", ""), "neither, http");
+    for (url, keys) in [
+        ("https://tool/send", "client_cert = \"gate.crt\""),
+        ("https://tool/send", "client_key = \"gate.key\""),
+        ("http://tool/send", both),
+    ] {
+        assert!(
+            !errors(&schema, &proxy(url, keys)).is_empty(),
+            "the schema accepts `{keys}` for `{url}`"
+        );
+    }
 }

@@ -23,12 +23,12 @@ use crate::common::{bytes_of, email_args, request, ValueExt};
 
 const SPIFFE: &str = "spiffe://cluster.local/ns/agents/sa/finance";
 
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -37,16 +37,16 @@ impl Ca {
         }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
-    fn root(&self) -> CertificateDer<'static> {
+    pub(crate) fn root(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
     }
 
     /// A leaf signed by this CA: (certificate PEM, key PEM, certificate DER, key DER).
-    fn leaf(&self, params: CertificateParams) -> Leaf {
+    pub(crate) fn leaf(&self, params: CertificateParams) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
@@ -57,7 +57,7 @@ impl Ca {
         }
     }
 
-    fn server(&self) -> Leaf {
+    pub(crate) fn server(&self) -> Leaf {
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         params
             .subject_alt_names
@@ -66,11 +66,11 @@ impl Ca {
     }
 }
 
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+pub(crate) struct Leaf {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) cert: CertificateDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 fn spiffe_params() -> CertificateParams {
@@ -181,19 +181,37 @@ impl Sender {
 
     /// POSTs `body`; returns status and answer, or `None` when the connection is gone.
     async fn post(&mut self, body: Bytes) -> Option<(u16, Value)> {
-        let request = http::Request::builder()
+        let (status, _, answer) = self.post_as("/v1/execute", None, body).await?;
+        Some((status, answer))
+    }
+
+    /// POSTs `body` to `path` with an optional `Authorization` value; returns status,
+    /// `WWW-Authenticate` and answer, or `None` when the connection is gone.
+    async fn post_as(
+        &mut self,
+        path: &str,
+        authorization: Option<&str>,
+        body: Bytes,
+    ) -> Option<(u16, Option<String>, Value)> {
+        let mut request = http::Request::builder()
             .method("POST")
-            .uri("https://localhost/v1/execute")
-            .header("host", "localhost")
-            .body(Full::new(body))
-            .unwrap();
+            .uri(format!("https://localhost{path}"))
+            .header("host", "localhost");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let request = request.body(Full::new(body)).unwrap();
         let response = match self {
             Sender::H1(sender) => sender.send_request(request).await.ok()?,
             Sender::H2(sender) => sender.send_request(request).await.ok()?,
         };
         let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
         let bytes = response.into_body().collect().await.ok()?.to_bytes();
-        Some((status, canonical::parse(&bytes).unwrap()))
+        Some((status, challenge, canonical::parse(&bytes).unwrap()))
     }
 }
 
@@ -438,6 +456,172 @@ async fn certificate_and_ca_files_replaced_while_connections_are_open() {
         old_client_now.is_none(),
         "the old client CA is no longer trusted"
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+// Both methods: a bearer token, when sent, is the only credential judged (a bad one is refused
+// beside a good certificate, never passed over for it); without one, the verified client
+// certificate names the caller; with neither, a 401 with a `Bearer` challenge.
+async fn mtls_and_jwt_combined() {
+    use crate::callers::{claims, fixture, read, sign, AUDIENCE, FINANCE, ISSUER};
+    let server_ca = Ca::new("server CA");
+    let clients = Ca::new("client CA");
+    let setup = Setup::new(&server_ca.server(), Some(&clients));
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let combined = format!(
+        "methods = [\"mtls\", \"jwt\"]\n[auth.jwt]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\
+         [auth.jwt.keys.\"ed-1\"]\nfile = \"{}\"\nalg = \"EdDSA\"\n\
+         [[bindings]]\ncaller = \"system:serviceaccount:agents:*\"\nprofiles = [\"example@1.*\"]\nprincipals = [\"agent:*\"]\n",
+        fixture("ed.pub.pem").display()
+    );
+    let text = text.replace("methods = [\"mtls\"]\n", &combined);
+    std::fs::write(&setup.config, text).unwrap();
+    let (mut child, url, _log) = serve(&setup.config);
+    let addr = host(&url);
+    let ed = jsonwebtoken::EncodingKey::from_ed_pem(&read("ed.key.pem")).unwrap();
+    let good = format!(
+        "Bearer {}",
+        sign(
+            jsonwebtoken::Algorithm::EdDSA,
+            "ed-1",
+            &ed,
+            &claims(FINANCE)
+        )
+    );
+    let mut wrong_issuer = claims(FINANCE);
+    wrong_issuer["iss"] = "https://someone.else".into();
+    let bad = format!(
+        "Bearer {}",
+        sign(jsonwebtoken::Algorithm::EdDSA, "ed-1", &ed, &wrong_issuer)
+    );
+    let spiffe = clients.leaf(spiffe_params());
+
+    // (name, certificate, path, Authorization, status, reason, caller method, caller id, challenge)
+    type Case<'a> = (
+        &'a str,
+        Option<&'a Leaf>,
+        &'a str,
+        Option<&'a str>,
+        u16,
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "certificate only",
+            Some(&spiffe),
+            "/v1/execute",
+            None,
+            200,
+            "OK",
+            "mtls",
+            SPIFFE,
+            None,
+        ),
+        (
+            "token only",
+            None,
+            "/v1/execute",
+            Some(&good),
+            200,
+            "OK",
+            "jwt",
+            FINANCE,
+            None,
+        ),
+        (
+            "certificate and token: the token decides",
+            Some(&spiffe),
+            "/v1/execute",
+            Some(&good),
+            200,
+            "OK",
+            "jwt",
+            FINANCE,
+            None,
+        ),
+        (
+            "good certificate, bad token",
+            Some(&spiffe),
+            "/v1/execute",
+            Some(&bad),
+            401,
+            "CALLER_UNAUTHENTICATED",
+            "none",
+            "anonymous",
+            Some("error=\"invalid_token\""),
+        ),
+        (
+            "good certificate, token in the query string",
+            Some(&spiffe),
+            "/v1/execute?access_token=x",
+            None,
+            401,
+            "CALLER_UNAUTHENTICATED",
+            "none",
+            "anonymous",
+            Some("error=\"invalid_request\""),
+        ),
+        (
+            "neither",
+            None,
+            "/v1/execute",
+            None,
+            401,
+            "CALLER_UNAUTHENTICATED",
+            "none",
+            "anonymous",
+            Some("Bearer realm=\"ecl-gate\""),
+        ),
+    ];
+    for (seen, (name, cert, path, authorization, status, reason, method, id, challenge)) in
+        cases.into_iter().enumerate()
+    {
+        let stream = connect(&addr, &connector(&[&server_ca], cert, b"http/1.1"))
+            .await
+            .unwrap();
+        let (got_status, got_challenge, answer) = Sender::open(stream)
+            .await
+            .post_as(path, authorization, allow_body())
+            .await
+            .unwrap();
+        assert_eq!(
+            (got_status, answer["reason_code"].str()),
+            (status, reason),
+            "{name}: {answer:?}"
+        );
+        match challenge {
+            None => assert_eq!(got_challenge, None, "{name}"),
+            Some(part) => {
+                let got = got_challenge.unwrap_or_else(|| panic!("{name}: no challenge"));
+                assert!(
+                    got.starts_with("Bearer realm=\"ecl-gate\""),
+                    "{name}: {got}"
+                );
+                assert!(got.contains(part), "{name}: {got}");
+            }
+        }
+        let records = setup.records();
+        assert_eq!(records.len(), seen + 1, "{name}: one record each");
+        let record = records.last().unwrap();
+        assert_eq!(record["reason_code"].str(), reason, "{name}");
+        assert_eq!(record["caller"]["method"].str(), method, "{name}");
+        assert_eq!(record["caller"]["id"].str(), id, "{name}");
+        if method == "jwt" {
+            assert_eq!(record["caller"]["iss"].str(), ISSUER, "{name}");
+        }
+        if status == 401 {
+            assert_eq!(
+                record["request_hash"].str(),
+                canonical::sha256_prefixed(b""),
+                "{name}: decided without reading the body"
+            );
+        }
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 }
