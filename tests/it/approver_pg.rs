@@ -505,3 +505,87 @@ fn a_database_the_approver_cannot_reach_is_named_without_its_password() {
         "{stderr}"
     );
 }
+
+// Fail closed: while PostgreSQL is down nothing is stored, decided or handed out (503, and
+// no audit record of a decision), and the approver carries on by itself once it is back.
+#[test]
+fn while_the_database_is_down_nothing_is_decided_and_the_approver_recovers() {
+    let test = "while_the_database_is_down_nothing_is_decided_and_the_approver_recovers";
+    let cluster = match pg::Cluster::create() {
+        Ok(cluster) => cluster,
+        Err(err) => {
+            pg::unavailable(test, &err);
+            return;
+        }
+    };
+    let world = World::new();
+    let a = replica(&world, &cluster.url(), "replica-a");
+    let key = gate_key(&world);
+    let first = notification(1, now(), 3600);
+    assert_eq!(post_notification(&a.agent, &key, &first).status, 201);
+    let alice = sign_in(&a.inbox, "alice", PASSWORD).unwrap();
+    let csrf = csrf_of(&page_of(&a.inbox, &alice, &first.intent_hash).body);
+    let approve_path = format!("/escalations/{}/approve", first.intent_hash);
+
+    cluster.stop().unwrap();
+    let second = notification(2, now(), 3600);
+    let refused = post_notification(&a.agent, &key, &second);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"].str(),
+        "the approver's state cannot be written; retry later"
+    );
+    let inbox = http(&a.inbox, "GET", "/", &[("Cookie", &alice)], b"");
+    assert_eq!(inbox.status, 503, "{}", inbox.body);
+    assert!(
+        inbox.body.contains("cannot be read right now"),
+        "{}",
+        inbox.body
+    );
+    let approve = post_form(
+        &a.inbox,
+        &approve_path,
+        &alice,
+        &[("csrf", &csrf), ("ttl", "900")],
+    );
+    assert_eq!(approve.status, 503, "{}", approve.body);
+    assert!(
+        approve
+            .body
+            .contains("could not be written; nothing was decided"),
+        "{}",
+        approve.body
+    );
+    let wait = http(
+        &a.agent,
+        "GET",
+        &format!("/v1/approvals/{}", first.intent_hash),
+        &[],
+        b"",
+    );
+    assert_eq!(wait.status, 503, "{}", wait.body);
+    assert!(approval_records(&world.dir.path().join("replica-a")).is_empty());
+
+    // Back: the same click decides, once; the refused notification is accepted when resent.
+    cluster.start().unwrap();
+    let approve = post_form(
+        &a.inbox,
+        &approve_path,
+        &alice,
+        &[("csrf", &csrf), ("ttl", "900")],
+    );
+    assert_eq!(approve.status, 200, "{}", approve.body);
+    assert_eq!(post_notification(&a.agent, &key, &second).status, 201);
+    let served = http(
+        &a.agent,
+        "GET",
+        &format!("/v1/approvals/{}", first.intent_hash),
+        &[],
+        b"",
+    );
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(
+        approval_records(&world.dir.path().join("replica-a")).len(),
+        1
+    );
+}
