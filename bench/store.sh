@@ -25,7 +25,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 kind=${1:-same}
 case $kind in
   same | distinct | none) ;;
-  *) echo "bench/store.sh: unknown store kind \`$kind\`, expected same, distinct or none" >&2; exit 2 ;;
+  *) [ -n "${STORE_ROOT:-}" ] || echo "bench/store.sh: unknown store kind \`$kind\`, expected same, distinct or none" >&2
+     [ -n "${STORE_ROOT:-}" ] || exit 2 ;;
 esac
 profiles=${STORE_PROFILES:-1000}
 versions=${STORE_VERSIONS:-10}
