@@ -11,7 +11,7 @@
 //! token (or a token after a rejection) for one intent, never accept a notification whose gate
 //! signature does not verify, and never accept a form without its CSRF token.
 //!
-//! - `store`: pending escalations, durable, expiring.
+//! - `store`: pending escalations, durable, expiring: a file, or PostgreSQL shared by replicas.
 //! - `auth`: password file, sessions, identity header, CSRF.
 //! - `pages`: the HTML.
 //! - `routes`: the HTTP handlers of both listeners.
@@ -64,7 +64,7 @@ pub struct App {
     pub max_ttl: Duration,
     pub secure_cookies: bool,
     pub max_wait: Duration,
-    pub store: tokio::sync::Mutex<store::Store>,
+    pub store: store::Escalations,
     pub audit: AuditLog,
     pub sessions: auth::Sessions,
     pub failures: auth::Failures,
@@ -83,7 +83,7 @@ impl std::fmt::Debug for App {
 impl App {
     pub fn new(
         settings: Settings,
-        store: store::Store,
+        store: store::Escalations,
         audit: AuditLog,
     ) -> Result<Arc<App>, String> {
         let (changed, _) = tokio::sync::watch::channel(0);
@@ -96,7 +96,7 @@ impl App {
             max_ttl: settings.max_ttl,
             secure_cookies: settings.secure_cookies,
             max_wait: settings.max_wait,
-            store: tokio::sync::Mutex::new(store),
+            store,
             audit,
             sessions: auth::Sessions::new()?,
             failures: auth::Failures::default(),

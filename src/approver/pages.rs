@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use crate::canonical::{write_canonical, Value};
 
-use super::store::{Entry, Status};
+use super::store::{Entry, InboxPage, Status};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;max-width:56rem;\
 margin-inline:auto;line-height:1.4;color:#111;background:#fafafa}\
@@ -102,41 +102,43 @@ fn status_cell(status: &Status) -> &'static str {
     }
 }
 
-/// Pending rows on one page: a person works from the top, and the page stays fast however
-/// many wait.
-pub const MAX_ROWS: usize = 200;
-const MAX_DECIDED_ROWS: usize = 50;
-
-/// The inbox: pending escalations first, newest first; then recent decisions.
-pub fn inbox(entries: &[&Entry], now: u64, identity: (&str, &str)) -> String {
-    let (pending, decided): (Vec<&&Entry>, Vec<&&Entry>) = entries
-        .iter()
-        .partition(|e| matches!(e.status, Status::Pending));
-    let mut body = format!("<h1>Pending escalations ({})</h1>", pending.len());
-    if pending.is_empty() {
-        body.push_str("<p id=\"empty\">Nothing waits for a decision.</p>");
-    } else {
-        table(&mut body, &pending[..pending.len().min(MAX_ROWS)], now);
-        if pending.len() > MAX_ROWS {
-            let _ = write!(
-                body,
-                "<p id=\"more\">and {} older ones, shown once these are decided</p>",
-                pending.len() - MAX_ROWS
-            );
+/// The inbox: one page of pending escalations, newest first, with an "Older" link to the next
+/// page (a plain link carrying the cursor: no JavaScript); on the first page, recent decisions.
+pub fn inbox(page: &InboxPage, paged: bool, now: u64, identity: (&str, &str)) -> String {
+    let mut body = format!(
+        "<h1 id=\"pending\">Pending escalations ({})</h1>",
+        page.pending_total
+    );
+    if page.pending.is_empty() {
+        if paged {
+            body.push_str("<p id=\"empty\">Nothing older waits for a decision.</p>");
+        } else {
+            body.push_str("<p id=\"empty\">Nothing waits for a decision.</p>");
         }
+    } else {
+        table(&mut body, &page.pending, now);
     }
-    if !decided.is_empty() {
+    let mut links = Vec::new();
+    if paged {
+        links.push("<a href=\"/\" id=\"newest\">Newest</a>".to_owned());
+    }
+    if let Some(older) = &page.older {
+        links.push(format!(
+            "<a href=\"/?before={}\" id=\"older\" rel=\"next\">Older</a>",
+            escape(&older.to_param())
+        ));
+    }
+    if !links.is_empty() {
+        let _ = write!(body, "<p class=\"pager\">{}</p>", links.join(" · "));
+    }
+    if !page.decided.is_empty() {
         body.push_str("<h2>Decided</h2>");
-        table(
-            &mut body,
-            &decided[..decided.len().min(MAX_DECIDED_ROWS)],
-            now,
-        );
+        table(&mut body, &page.decided, now);
     }
     layout("Inbox", Some(identity), &body)
 }
 
-fn table(body: &mut String, entries: &[&&Entry], now: u64) {
+fn table(body: &mut String, entries: &[Entry], now: u64) {
     body.push_str("<table><thead><tr><th>Tool</th><th>Actor</th><th>Asked</th><th>Status</th></tr></thead><tbody>");
     for entry in entries {
         let n = &entry.notification;
@@ -167,6 +169,27 @@ fn preview(args: &Value) -> String {
     let mut cut: String = text.chars().take(MAX_CHARS).collect();
     cut.push('…');
     cut
+}
+
+/// Who called the gate, as authenticated there: `id` (how), and the issuer for a JWT.
+fn caller_text(caller: Option<&crate::caller::Caller>) -> String {
+    let Some(caller) = caller else {
+        return "<em>not reported (the gate predates callers in notifications)</em>".into();
+    };
+    let how = match caller.method {
+        crate::caller::CallerMethod::None => "not authenticated".to_owned(),
+        crate::caller::CallerMethod::Mtls => "client certificate".to_owned(),
+        crate::caller::CallerMethod::Jwt => match &caller.issuer {
+            Some(issuer) => format!("JWT from {issuer}"),
+            None => "JWT".to_owned(),
+        },
+    };
+    format!(
+        "<code>{}</code> <small>({}; method <code>{}</code>)</small>",
+        escape(&caller.id),
+        escape(&how),
+        caller.method.as_str()
+    )
 }
 
 fn principal(actor: &Value) -> &str {
@@ -224,6 +247,7 @@ pub fn detail(entry: &Entry, now: u64, max_ttl: u64, identity: (&str, &str)) -> 
     let _ = write!(
         body,
         "</ul><h2>Request</h2><dl>\
+         <dt>Caller</dt><dd id=\"caller\">{}</dd>\
          <dt>Actor</dt><dd><pre>{}</pre></dd>\
          <dt>Profile</dt><dd>{}@{} <small>{}</small></dd>\
          <dt>Asked</dt><dd>{} ({})</dd>\
@@ -231,6 +255,7 @@ pub fn detail(entry: &Entry, now: u64, max_ttl: u64, identity: (&str, &str)) -> 
          <dt>Request id</dt><dd>{}</dd>\
          <dt>Intent hash</dt><dd><code>{hash}</code></dd>\
          <dt>Gate record</dt><dd><code>{}</code> seq {} <small>{}</small></dd></dl>",
+        caller_text(n.caller.as_ref()),
         escape(&pretty(&n.actor)),
         escape(&n.profile_id),
         escape(&n.profile_version),

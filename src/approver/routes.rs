@@ -2,8 +2,9 @@
 //! inbox listener (sign-in, inbox, detail, approve, reject).
 //!
 //! Owns mapping every outcome to a status and a clear message. Every decision goes through
-//! the store's lock, so two approvers racing get one token between them; every token and
-//! rejection is audited before it exists anywhere else.
+//! the store's `decide`, which holds the entry (a lock, or a locked database row) from check
+//! to write, so two approvers racing get one token between them; every token and rejection is
+//! audited before it exists anywhere else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,9 @@ use crate::notify::wire::{self, Notification, NotificationError};
 
 use super::auth::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use super::pages;
-use super::store::{DecideError, Received, Status};
+use super::store::{
+    Cursor, DecideError, DecideFailure, ReceiveFailure, Received, Status, StoreError,
+};
 use super::{now_secs, App};
 
 type Shared = State<Arc<App>>;
@@ -99,40 +102,43 @@ async fn notification(State(app): Shared, body: Bytes) -> Response {
             ),
         );
     }
-    let mut store = app.store.lock().await;
-    if store.is_duplicate(&notification.intent_hash, now) {
-        return json_answer(
-            StatusCode::OK,
-            json!({"status": "duplicate", "intent_hash": notification.intent_hash}),
-        );
-    }
-    if let Err(err) = app
-        .audit
-        .append(received_record(&notification, token, now))
-        .await
-    {
-        tracing::error!(error = %err, "approver audit record could not be written; notification refused");
-        return error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the approver's audit log cannot be written; retry later",
-        );
-    }
     let intent_hash = notification.intent_hash.clone();
     let (tool, request_id) = (
         notification.tool_name.clone(),
         notification.request_id.clone(),
     );
-    match tokio::task::block_in_place(|| store.receive(notification, token, now)) {
-        Ok(Received::New | Received::Duplicate) => {}
-        Err(err) => {
-            tracing::error!(error = %err, "state file could not be written; notification refused");
+    let record = received_record(&notification, token, now);
+    let audit = || async {
+        match app.audit.append(record).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(error = %err, "approver audit record could not be written; notification refused");
+                false
+            }
+        }
+    };
+    match app.store.receive(notification, token, now, audit).await {
+        Ok(Received::New) => {}
+        Ok(Received::Duplicate) => {
+            return json_answer(
+                StatusCode::OK,
+                json!({"status": "duplicate", "intent_hash": intent_hash}),
+            )
+        }
+        Err(ReceiveFailure::Audit) => {
+            return error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the approver's audit log cannot be written; retry later",
+            )
+        }
+        Err(ReceiveFailure::Store(err)) => {
+            tracing::error!(error = %err, "escalation could not be stored; notification refused");
             return error_json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the approver's state cannot be written; retry later",
             );
         }
     }
-    drop(store);
     app.bump();
     tracing::info!(intent_hash = %intent_hash, tool = %tool, request_id = %request_id, "escalation received");
     json_answer(
@@ -164,11 +170,15 @@ async fn approval(
     let mut changes = app.changed.subscribe();
     loop {
         let now = now_secs();
-        let status = {
-            let store = app.store.lock().await;
-            store
-                .get(&intent_hash, now)
-                .map(|e| (e.status.clone(), e.expires_at()))
+        let status = match app.store.get(&intent_hash, now).await {
+            Ok(entry) => entry.map(|e| (e.expires_at(), e.status)),
+            Err(err) => {
+                tracing::error!(error = %err, "escalation could not be read for a waiting agent");
+                return error_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the approver's state cannot be read; retry later",
+                );
+            }
         };
         match status {
             None => {
@@ -179,13 +189,13 @@ async fn approval(
                 )
             }
             Some((
+                _,
                 Status::Approved {
                     token,
                     by,
                     expires_at,
                     ..
                 },
-                _,
             )) => {
                 return json_answer(
                     StatusCode::OK,
@@ -193,19 +203,24 @@ async fn approval(
                            "approver": by, "expires_at": expires_at}),
                 )
             }
-            Some((Status::Rejected { by, reason, .. }, _)) => {
+            Some((_, Status::Rejected { by, reason, .. })) => {
                 return json_answer(
                     StatusCode::FORBIDDEN,
                     json!({"status": "rejected", "intent_hash": intent_hash, "approver": by, "reason": reason}),
                 )
             }
-            Some((Status::Pending, expires_at)) => {
-                let timed_out = tokio::time::timeout_at(deadline, changes.changed()).await;
-                let expired = now_secs() >= expires_at;
-                if timed_out.is_err() || expired {
-                    if expired {
-                        continue;
-                    }
+            Some((expires_at, Status::Pending)) => {
+                // Another replica may decide it (shared store): look again now and then.
+                let wake = if app.store.is_shared() {
+                    deadline.min(tokio::time::Instant::now() + SHARED_POLL)
+                } else {
+                    deadline
+                };
+                let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+                if now_secs() >= expires_at {
+                    continue;
+                }
+                if tokio::time::Instant::now() >= deadline {
                     let mut response = json_answer(
                         StatusCode::ACCEPTED,
                         json!({"status": "pending", "intent_hash": intent_hash, "expires_at": expires_at}),
@@ -219,6 +234,9 @@ async fn approval(
         }
     }
 }
+
+/// How often a waiting agent's escalation is read again when replicas share the store.
+const SHARED_POLL: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------- inbox listener
 
@@ -362,17 +380,61 @@ fn check_form(
     }
 }
 
-async fn inbox(State(app): Shared, headers: HeaderMap) -> Response {
+#[derive(Debug, Deserialize)]
+struct InboxQuery {
+    /// The "Older" link's cursor: show what was asked before it.
+    #[serde(default)]
+    before: Option<String>,
+}
+
+async fn inbox(
+    State(app): Shared,
+    headers: HeaderMap,
+    Query(query): Query<InboxQuery>,
+) -> Response {
     let Some(approver) = who(&app, &headers) else {
         return unauthenticated(&app);
     };
-    let now = now_secs();
-    let html = {
-        let mut store = app.store.lock().await;
-        store.prune(now);
-        pages::inbox(&store.list(now), now, (&approver.identity, &approver.csrf))
+    let identity = (approver.identity.as_str(), approver.csrf.as_str());
+    let before = match query.before.as_deref() {
+        None | Some("") => None,
+        Some(text) => match Cursor::parse(text) {
+            Some(cursor) => Some(cursor),
+            None => {
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    pages::message(
+                        "Refused",
+                        Some(identity),
+                        "`before` must be the inbox's own `ASKED_AT.INTENT_HASH` cursor: follow its Older link",
+                        false,
+                    ),
+                )
+            }
+        },
     };
-    page(StatusCode::OK, html)
+    let now = now_secs();
+    match app.store.page(now, before.as_ref()).await {
+        Ok(inbox) => page(
+            StatusCode::OK,
+            pages::inbox(&inbox, before.is_some(), now, identity),
+        ),
+        Err(err) => store_unavailable(identity, &err),
+    }
+}
+
+/// The state could not be read: nothing shown, nothing decided.
+fn store_unavailable(identity: (&str, &str), err: &StoreError) -> Response {
+    tracing::error!(error = %err, "escalations could not be read");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        pages::message(
+            "Unavailable",
+            Some(identity),
+            "the escalations cannot be read right now; try again",
+            false,
+        ),
+    )
 }
 
 async fn detail(
@@ -385,13 +447,13 @@ async fn detail(
     };
     let identity = (approver.identity.as_str(), approver.csrf.as_str());
     let now = now_secs();
-    let store = app.store.lock().await;
-    match store.get(&intent_hash, now) {
-        Some(entry) => page(
+    match app.store.get(&intent_hash, now).await {
+        Err(err) => store_unavailable(identity, &err),
+        Ok(Some(entry)) => page(
             StatusCode::OK,
-            pages::detail(entry, now, app.max_ttl.as_secs(), identity),
+            pages::detail(&entry, now, app.max_ttl.as_secs(), identity),
         ),
-        None => page(
+        Ok(None) => page(
             StatusCode::NOT_FOUND,
             pages::message(
                 "Not found",
@@ -436,6 +498,17 @@ fn decide_error(approver: &Approver, err: &DecideError) -> Response {
     )
 }
 
+fn decide_failure(approver: &Approver, failure: DecideFailure, what: &str) -> Response {
+    match failure {
+        DecideFailure::Refused(err) => decide_error(approver, &err),
+        DecideFailure::NotRecorded(what) => unavailable(approver, what),
+        DecideFailure::Store(err) => {
+            tracing::error!(error = %err, "escalation state could not be written; {what} refused");
+            unavailable(approver, what)
+        }
+    }
+}
+
 fn unavailable(approver: &Approver, what: &str) -> Response {
     page(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -476,55 +549,53 @@ async fn approve(
         }
     };
     let now = now_secs();
-    let mut store = app.store.lock().await;
-    let entry = match store.check_pending(&intent_hash, now) {
-        Ok(entry) => entry,
-        Err(err) => return decide_error(&approver, &err),
-    };
-    let jti = match auth::random_token() {
-        Ok(jti) => jti[..32].to_owned(),
-        Err(_) => return unavailable(&approver, "a token id"),
-    };
-    // The token must not outlive the escalation's window on the gate's side either.
-    let expires_at = now + ttl;
-    let token = sign(
-        &app.key,
-        &app.kid,
-        &Grant {
-            issuer: &approver.identity,
-            intent_hash: &intent_hash,
-            issued_at: now,
+    let (app_ref, who, intent) = (&app, &approver, &intent_hash);
+    let decision = |entry: super::store::Entry| async move {
+        let (app, approver, intent_hash) = (app_ref, who, intent);
+        let jti = match auth::random_token() {
+            Ok(jti) => jti[..32].to_owned(),
+            Err(_) => return Err(DecideFailure::NotRecorded("a token id")),
+        };
+        let expires_at = now + ttl;
+        let token = sign(
+            &app.key,
+            &app.kid,
+            &Grant {
+                issuer: &approver.identity,
+                intent_hash,
+                issued_at: now,
+                expires_at,
+                jti: &jti,
+            },
+        );
+        let record = decision_record(
+            "approval",
+            &entry.notification,
+            &approver.identity,
+            now,
+            |m| {
+                m.insert("jti".into(), jti.as_str().into());
+                m.insert("kid".into(), app.kid.as_str().into());
+                m.insert("expires_at".into(), expires_at.into());
+            },
+        );
+        if let Err(err) = app.audit.append(record).await {
+            tracing::error!(error = %err, "approver audit record could not be written; approval refused");
+            return Err(DecideFailure::NotRecorded("the audit record"));
+        }
+        Ok(Status::Approved {
+            at: now,
+            by: approver.identity.clone(),
+            token,
+            jti,
             expires_at,
-            jti: &jti,
-        },
-    );
-    let record = decision_record(
-        "approval",
-        &entry.notification,
-        &approver.identity,
-        now,
-        |m| {
-            m.insert("jti".into(), jti.as_str().into());
-            m.insert("kid".into(), app.kid.as_str().into());
-            m.insert("expires_at".into(), expires_at.into());
-        },
-    );
-    if let Err(err) = app.audit.append(record).await {
-        tracing::error!(error = %err, "approver audit record could not be written; approval refused");
-        return unavailable(&approver, "the audit record");
-    }
-    let status = Status::Approved {
-        at: now,
-        by: approver.identity.clone(),
-        token,
-        jti: jti.clone(),
-        expires_at,
+        })
     };
-    if let Err(err) = tokio::task::block_in_place(|| store.decide(&intent_hash, status)) {
-        tracing::error!(error = %err, "state file could not be written; approval refused");
-        return unavailable(&approver, "the approval");
-    }
-    drop(store);
+    let jti = match app.store.decide(&intent_hash, now, decision).await {
+        Ok(Status::Approved { jti, .. }) => jti,
+        Ok(_) => String::new(),
+        Err(failure) => return decide_failure(&approver, failure, "the approval"),
+    };
     app.bump();
     tracing::info!(intent_hash = %intent_hash, approver = %approver.identity, jti = %jti, ttl, "escalation approved");
     page(
@@ -569,34 +640,31 @@ async fn reject(
         );
     }
     let now = now_secs();
-    let mut store = app.store.lock().await;
-    let entry = match store.check_pending(&intent_hash, now) {
-        Ok(entry) => entry,
-        Err(err) => return decide_error(&approver, &err),
+    let (app_ref, who) = (&app, &approver);
+    let decision = |entry: super::store::Entry| async move {
+        let (app, approver) = (app_ref, who);
+        let record = decision_record(
+            "rejection",
+            &entry.notification,
+            &approver.identity,
+            now,
+            |m| {
+                m.insert("reason".into(), reason.into());
+            },
+        );
+        if let Err(err) = app.audit.append(record).await {
+            tracing::error!(error = %err, "approver audit record could not be written; rejection refused");
+            return Err(DecideFailure::NotRecorded("the audit record"));
+        }
+        Ok(Status::Rejected {
+            at: now,
+            by: approver.identity.clone(),
+            reason: reason.to_owned(),
+        })
     };
-    let record = decision_record(
-        "rejection",
-        &entry.notification,
-        &approver.identity,
-        now,
-        |m| {
-            m.insert("reason".into(), reason.into());
-        },
-    );
-    if let Err(err) = app.audit.append(record).await {
-        tracing::error!(error = %err, "approver audit record could not be written; rejection refused");
-        return unavailable(&approver, "the audit record");
+    if let Err(failure) = app.store.decide(&intent_hash, now, decision).await {
+        return decide_failure(&approver, failure, "the rejection");
     }
-    let status = Status::Rejected {
-        at: now,
-        by: approver.identity.clone(),
-        reason: reason.to_owned(),
-    };
-    if let Err(err) = tokio::task::block_in_place(|| store.decide(&intent_hash, status)) {
-        tracing::error!(error = %err, "state file could not be written; rejection refused");
-        return unavailable(&approver, "the rejection");
-    }
-    drop(store);
     app.bump();
     tracing::info!(intent_hash = %intent_hash, approver = %approver.identity, "escalation rejected");
     page(
@@ -774,6 +842,15 @@ fn received_record(n: &Notification, token: &str, now: u64) -> Map {
         Value::Array(n.rules.iter().map(|r| r.as_str().into()).collect()),
     );
     record.insert("expires_at".into(), n.expires_at.into());
+    if let Some(caller) = &n.caller {
+        let mut who = Map::new();
+        who.insert("method".into(), caller.method.as_str().into());
+        who.insert("id".into(), caller.id.as_ref().into());
+        if let Some(issuer) = &caller.issuer {
+            who.insert("iss".into(), issuer.as_ref().into());
+        }
+        record.insert("caller".into(), Value::Object(who));
+    }
     record
 }
 

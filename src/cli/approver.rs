@@ -13,8 +13,10 @@ use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::SigningKey;
 
 use crate::approval::{key_id, parse_public_key};
-use crate::approver::{self, auth, store::Store, App, Settings};
+use crate::approver::store::{Escalations, FileStore, PgStore};
+use crate::approver::{self, auth, App, Settings};
 use crate::audit::{AuditLog, AuditSettings, SyncMode};
+use crate::postgres::{self, PgSettings};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ApproverCommand {
@@ -64,7 +66,8 @@ pub struct ServeArgs {
     /// oauth2-proxy; ONLY when nothing but that proxy can reach --listen
     #[arg(long, env = "ECL_APPROVER_IDENTITY_HEADER", value_name = "NAME")]
     identity_header: Option<String>,
-    /// Where the pending escalations (`state.jsonl`) and the audit log (`approver-audit.log`) live
+    /// Where the pending escalations (`state.jsonl`, unless --db) and the audit log
+    /// (`approver-audit.log`) live
     #[arg(
         long,
         env = "ECL_APPROVER_STATE_DIR",
@@ -72,6 +75,33 @@ pub struct ServeArgs {
         value_name = "DIR"
     )]
     state_dir: PathBuf,
+    /// Keep the escalations in this PostgreSQL database (the gates' fleet database) instead
+    /// of `state.jsonl`, so several approver replicas share them:
+    /// postgres://user@host:5432/db?sslmode=require (the password: --db-password-file,
+    /// PGPASSWORD, or in the URL; never logged)
+    #[arg(
+        long,
+        env = "ECL_APPROVER_DB",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    db: Option<String>,
+    /// Trust only this CA (PEM) for TLS to PostgreSQL; default: the system's and Mozilla's roots
+    #[arg(
+        long,
+        env = "ECL_APPROVER_DB_CA_FILE",
+        value_name = "FILE",
+        requires = "db"
+    )]
+    db_ca_file: Option<PathBuf>,
+    /// Read the database password from this file when the URL has none (else PGPASSWORD)
+    #[arg(
+        long,
+        env = "ECL_APPROVER_DB_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "db"
+    )]
+    db_password_file: Option<PathBuf>,
     /// Longest approval approvers may give: the gate's `approvals.max_ttl`
     #[arg(long, env = "ECL_APPROVER_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     max_ttl: Duration,
@@ -132,8 +162,50 @@ fn gate_keys(specs: &[String]) -> anyhow::Result<BTreeMap<String, ed25519_dalek:
     Ok(keys)
 }
 
+/// Refuses `ECL_APPROVER_*` variables that nothing reads: a typo must not be ignored.
+pub fn refuse_unknown_variables() -> anyhow::Result<()> {
+    let unknown = crate::config::unknown_approver_variables();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = unknown.iter().map(|name| format!("`{name}`")).collect();
+    bail!(
+        "unknown environment variable {}: the approver reads only {}",
+        names.join(", "),
+        crate::config::APPROVER_VARIABLES.join(", ")
+    )
+}
+
+/// The database settings from `--db` and its companions, checked before anything starts.
+fn db_settings(args: &ServeArgs) -> anyhow::Result<Option<PgSettings>> {
+    let Some(url) = args.db.as_deref() else {
+        return Ok(None);
+    };
+    if !postgres::is_url(url) {
+        bail!(
+            "--db `{}` is not a PostgreSQL URL like `postgres://user@host:5432/db`",
+            postgres::redact(url)
+        );
+    }
+    let mut settings = PgSettings::new(url);
+    settings.ca_file.clone_from(&args.db_ca_file);
+    settings.password_file.clone_from(&args.db_password_file);
+    settings.application_name = "ecl-gate approver".into();
+    settings.pool_size = 8;
+    // Parsed now (and the password file read) so a typo stops the start, named.
+    postgres::client_config(&settings)?;
+    if let Some(path) = &settings.ca_file {
+        if !path.is_file() {
+            bail!("--db-ca-file `{}` is not a readable file", path.display());
+        }
+    }
+    Ok(Some(settings))
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     crate::cli::serve::init_plain_logging();
+    refuse_unknown_variables()?;
+    let db = db_settings(&args)?;
     let key = read_signing_key(&args.key)?;
     let kid = args
         .kid
@@ -162,11 +234,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create `{}`", args.state_dir.display()))?;
-    let store = Store::open(
-        &args.state_dir.join("state.jsonl"),
-        &gate_keys,
-        approver::now_secs(),
-    )?;
+    let file_store = match &db {
+        Some(_) => None,
+        None => Some(FileStore::open(
+            &args.state_dir.join("state.jsonl"),
+            &gate_keys,
+            approver::now_secs(),
+        )?),
+    };
     let audit_path = args.state_dir.join("approver-audit.log");
     let audit = AuditLog::open(AuditSettings {
         path: audit_path.clone(),
@@ -211,11 +286,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("cannot listen for SIGTERM")?;
         let inbox_addr = inbox_listener.local_addr()?;
         let agent_addr = agent_listener.local_addr()?;
-        let pending = store.list(approver::now_secs()).len();
+        let store = match (file_store, &db) {
+            (Some(file), _) => Escalations::File(tokio::sync::Mutex::new(file)),
+            (None, Some(db)) => {
+                let pg = PgStore::connect(db, settings.gate_keys.clone()).await?;
+                tracing::info!(db = %pg.url(), "escalations are kept in PostgreSQL, shared with other approver replicas");
+                Escalations::Postgres(pg)
+            }
+            (None, None) => bail!("no store for the escalations"),
+        };
+        let pending = store
+            .pending(approver::now_secs())
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot read the escalations: {err}"))?;
         let app = App::new(settings, store, audit).map_err(anyhow::Error::msg)?;
+        if matches!(app.store, Escalations::Postgres(_)) {
+            tokio::spawn(purge_expired(Arc::clone(&app)));
+        }
         tracing::info!(
             kid = %kid,
             gate_kids = ?kids,
+            store = app.store.kind(),
             pending,
             audit = %audit_path.display(),
             "ecl-gate approver: inbox on http://{inbox_addr}/, notifications on http://{agent_addr}/v1/notifications, approvals on http://{agent_addr}/v1/approvals/{{intent_hash}}"
@@ -238,6 +329,52 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Deletes escalations past their end from the shared table, once a minute; every replica
+/// does it (the statements are idempotent and bounded).
+async fn purge_expired(app: Arc<App>) {
+    let Escalations::Postgres(pg) = &app.store else {
+        return;
+    };
+    let mut every = tokio::time::interval(approver::store::postgres::PURGE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match pg.purge(approver::now_secs()).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired escalations purged"),
+            Err(err) => {
+                tracing::warn!(error = %err, "expired escalations could not be purged; retrying in a minute")
+            }
+        }
+    }
+}
+
 async fn notified(notify: Arc<tokio::sync::Notify>) {
     notify.notified().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args as _;
+
+    // The gate lets through exactly the approver's variables: the list must name every
+    // `env =` of `approver serve` and `wait-approval`, and nothing else.
+    #[test]
+    fn the_approver_variable_list_is_exactly_what_the_commands_read() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let command = crate::cli::wait::WaitArgs::augment_args(command);
+        let mut read: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        read.sort();
+        let mut listed: Vec<String> = crate::config::APPROVER_VARIABLES
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect();
+        listed.sort();
+        assert_eq!(read, listed);
+    }
 }

@@ -35,6 +35,7 @@ pub struct WaitArgs {
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 pub fn run(args: &WaitArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::approver::refuse_unknown_variables()?;
     if !is_hash(&args.intent_hash) {
         bail!(
             "`{}` is not an intent hash (`sha256:` and 64 lowercase hex digits)",

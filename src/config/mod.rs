@@ -388,16 +388,61 @@ pub fn figment(file: Option<&Path>) -> Figment {
                 .map(|_| "profiles_root".into()),
         )
         .merge(
-            // `ECL_APPROVER_*` configure `approver serve` and `wait-approval`, not the gate: a
-            // shell that exports them must still start a gate.
+            // The variables of `approver serve` and `wait-approval` are not the gate's: a shell
+            // that exports them must still start a gate. Only those exact names: any other
+            // `ECL_APPROVER_*` (a typo) stays an unknown key and stops the start.
             Env::prefixed("ECL_")
                 .filter(move |key| {
                     key != "config"
-                        && !key.as_str().to_ascii_lowercase().starts_with("approver_")
+                        && !is_approver_variable(key.as_str())
                         && !links.iter().any(|link| key == link.as_str())
                 })
                 .split("__"),
         )
+}
+
+/// Every environment variable `approver serve` and `wait-approval` read (their `env =`
+/// names; a test keeps the two lists equal). The gate ignores exactly these, and the
+/// approver's commands refuse any other `ECL_APPROVER_*` name.
+pub const APPROVER_VARIABLES: &[&str] = &[
+    "ECL_APPROVER_AGENT_LISTEN",
+    "ECL_APPROVER_DB",
+    "ECL_APPROVER_DB_CA_FILE",
+    "ECL_APPROVER_DB_PASSWORD_FILE",
+    "ECL_APPROVER_GATE_KEYS",
+    "ECL_APPROVER_IDENTITY_HEADER",
+    "ECL_APPROVER_KEY",
+    "ECL_APPROVER_KID",
+    "ECL_APPROVER_LISTEN",
+    "ECL_APPROVER_MAX_TTL",
+    "ECL_APPROVER_MAX_WAIT",
+    "ECL_APPROVER_PASSWORDS",
+    "ECL_APPROVER_SECURE_COOKIES",
+    "ECL_APPROVER_STATE_DIR",
+    "ECL_APPROVER_URL",
+];
+
+/// Whether `key` (an `ECL_` variable without its prefix, any case) is one of
+/// [`APPROVER_VARIABLES`].
+fn is_approver_variable(key: &str) -> bool {
+    APPROVER_VARIABLES
+        .iter()
+        .filter_map(|name| name.strip_prefix("ECL_"))
+        .any(|name| name.eq_ignore_ascii_case(key))
+}
+
+/// The `ECL_APPROVER_*` variables in this process's environment that nothing reads: typos
+/// such as `ECL_APPROVER_LISTN`, sorted.
+pub fn unknown_approver_variables() -> Vec<String> {
+    let mut unknown: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.to_ascii_uppercase().starts_with("ECL_APPROVER_")
+                && !APPROVER_VARIABLES.contains(&name.as_str())
+        })
+        .collect();
+    unknown.sort();
+    unknown
 }
 
 /// The `ECL*` variables in this process's environment that Kubernetes injects for a Service

@@ -306,10 +306,24 @@ fn text_keys_take_numbers_from_the_environment() {
 #[test]
 fn approver_variables_are_not_gate_keys() {
     Jail::expect_with(|jail| {
-        jail.set_env("ECL_APPROVER_URL", "http://approver:8301");
-        jail.set_env("ECL_APPROVER_LISTEN", "0.0.0.0:8300");
+        for name in APPROVER_VARIABLES {
+            jail.set_env(name, "1");
+        }
         let config = load_in(jail, None).map_err(|e| e.to_string())?;
         assert!(config.escalations.is_none());
+        Ok(())
+    });
+}
+
+// Only the approver's exact names are let through: a typo must stop the gate, named.
+#[test]
+fn a_misspelt_approver_variable_stops_the_gate() {
+    Jail::expect_with(|jail| {
+        jail.set_env("ECL_APPROVER_LISTEN", "0.0.0.0:8300");
+        jail.set_env("ECL_APPROVER_LISTN", "0.0.0.0:8300");
+        let err = load_in(jail, None).unwrap_err().to_string();
+        assert!(err.contains("ECL_APPROVER_LISTN"), "{err}");
+        assert!(!err.contains("ECL_APPROVER_LISTEN"), "{err}");
         Ok(())
     });
 }

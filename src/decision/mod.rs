@@ -77,6 +77,25 @@ pub enum Attempt<'a> {
 }
 
 /// One decision, everything but the audit block (which exists only once the record is written).
+/// What an ALLOW lets run: the tool and its arguments. The arguments stay in the normalized
+/// request they came from, shared rather than copied (they are the largest part of a request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovedCall {
+    pub tool_name: String,
+    request: Arc<Value>,
+}
+
+impl ApprovedCall {
+    /// `request` holds the arguments at `tool.args` (absent: `null`).
+    pub fn new(tool_name: String, request: Arc<Value>) -> ApprovedCall {
+        ApprovedCall { tool_name, request }
+    }
+
+    pub fn args(&self) -> &Value {
+        &self.request["tool"]["args"]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub decision_type: DecisionType,
@@ -88,8 +107,8 @@ pub struct Decision {
     pub profile: Option<(String, String)>,
     pub profile_ref_hash: String,
     pub runtime: Runtime,
-    /// `(tool_name, tool_args)` on ALLOW only.
-    pub approved_call: Option<(String, Value)>,
+    /// The tool and arguments an ALLOW lets run; `None` otherwise.
+    pub approved_call: Option<ApprovedCall>,
     pub escalation: Option<Escalation>,
     /// Why, in words, for the caller; absent on ALLOW.
     pub detail: Option<String>,
@@ -339,7 +358,10 @@ fn evaluate(
         profile: ids,
         profile_ref_hash: ref_hash,
         runtime: runtime.clone(),
-        approved_call: Some((request.tool_name.clone(), request.tool_args().clone())),
+        approved_call: Some(ApprovedCall::new(
+            request.tool_name.clone(),
+            Arc::clone(&request.normalized),
+        )),
         escalation: None,
         detail: None,
         normalized_request: Some(Arc::clone(&request.normalized)),

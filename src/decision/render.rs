@@ -87,10 +87,10 @@ impl Decision {
     /// the answer and the audit record carry the same bytes.
     fn write_approved_call(&self, out: &mut Vec<u8>) {
         match &self.approved_call {
-            Some((name, args)) => {
+            Some(call_of) => {
                 let mut call = ObjectWriter::new(out);
-                call.value("tool_args", args);
-                call.str("tool_name", name);
+                call.value("tool_args", call_of.args());
+                call.str("tool_name", &call_of.tool_name);
                 call.finish();
             }
             None => out.extend_from_slice(b"null"),
@@ -300,9 +300,9 @@ impl Decision {
 
     fn approved_call_value(&self) -> Value {
         match &self.approved_call {
-            Some((name, args)) => Value::object([
-                ("tool_name", name.as_str().into()),
-                ("tool_args", args.clone()),
+            Some(call) => Value::object([
+                ("tool_name", call.tool_name.as_str().into()),
+                ("tool_args", call.args().clone()),
             ]),
             None => Value::Null,
         }
@@ -325,7 +325,7 @@ impl Decision {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Escalation, ReasonCode, Runtime};
+    use super::super::{ApprovedCall, Escalation, ReasonCode, Runtime};
     use super::*;
     use crate::canonical::{parse, to_canonical};
     use std::sync::Arc;
@@ -345,7 +345,13 @@ mod tests {
             profile: Some(("example".into(), "1.0.0".into())),
             profile_ref_hash: "sha256:cc".into(),
             runtime: Runtime::current(),
-            approved_call: Some(("email.send".into(), args)),
+            approved_call: Some(ApprovedCall::new(
+                "email.send".into(),
+                Arc::new(Value::object([(
+                    "tool",
+                    Value::object([("args", args), ("name", "email.send".into())]),
+                )])),
+            )),
             escalation: None,
             detail: None,
             normalized_request: None,

@@ -142,6 +142,7 @@ pub fn notification(
         request_id: decision.request_id.clone().unwrap_or_default(),
         provenance_id: decision.provenance_id.clone(),
         actor: field(&["actor"]),
+        caller: Some(decision.caller.clone()),
         tool_name: field(&["tool", "name"])
             .as_str()
             .unwrap_or_default()

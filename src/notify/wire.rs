@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
+use crate::caller::{Caller, CallerMethod};
 use crate::canonical::{Map, Value};
 use crate::jws::{self, JwsError};
 
@@ -41,6 +42,9 @@ pub struct Notification {
     pub provenance_id: String,
     /// `actor` of the request, as normalized by the gate.
     pub actor: Value,
+    /// Who called the gate, as its audit record says; `None` from a gate that predates
+    /// callers in notifications (the inbox says so rather than guessing `anonymous`).
+    pub caller: Option<Caller>,
     pub tool_name: String,
     pub tool_args: Value,
     pub profile_id: String,
@@ -92,7 +96,7 @@ pub fn sign(key: &SigningKey, kid: &str, notification: &Notification) -> String 
         ("typ", NOTIFICATION_TYP.into()),
     ]);
     let n = notification;
-    let claims = Value::object([
+    let mut claims = Value::object([
         ("intent_hash", n.intent_hash.as_str().into()),
         ("request_id", n.request_id.as_str().into()),
         ("provenance_id", n.provenance_id.as_str().into()),
@@ -128,6 +132,9 @@ pub fn sign(key: &SigningKey, kid: &str, notification: &Notification) -> String 
         ("iat", n.decided_at.into()),
         ("exp", n.expires_at.into()),
     ]);
+    if let (Value::Object(members), Some(caller)) = (&mut claims, &n.caller) {
+        members.insert("caller".into(), caller_value(caller));
+    }
     jws::sign(key, &header, &claims)
 }
 
@@ -166,6 +173,10 @@ pub fn verify(
         .filter(|a| a.as_object().is_some())
         .cloned()
         .ok_or(NotificationError::Claim("actor"))?;
+    let caller = match claims.get("caller") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(parse_caller(value)?),
+    };
     let decided_at = seconds(&claims, "iat")?;
     let expires_at = seconds(&claims, "exp")?;
     if expires_at <= decided_at {
@@ -177,6 +188,7 @@ pub fn verify(
         request_id: short(&claims, "request_id")?,
         provenance_id: short(&claims, "provenance_id")?,
         actor,
+        caller,
         tool_name: short(tool, "name").map_err(|_| NotificationError::Claim("tool.name"))?,
         tool_args: tool
             .get("args")
@@ -200,6 +212,44 @@ pub fn verify(
         },
         decided_at,
         expires_at,
+    })
+}
+
+/// `{id, iss?, method}`: the audit record's `caller` member, member for member.
+fn caller_value(caller: &Caller) -> Value {
+    let mut out = Map::new();
+    out.insert("method".into(), caller.method.as_str().into());
+    out.insert("id".into(), caller.id.as_ref().into());
+    if let Some(issuer) = &caller.issuer {
+        out.insert("iss".into(), issuer.as_ref().into());
+    }
+    Value::Object(out)
+}
+
+fn parse_caller(value: &Value) -> Result<Caller, NotificationError> {
+    let bad = NotificationError::Claim("caller");
+    let members = value.as_object().ok_or(bad.clone())?;
+    if members
+        .keys()
+        .any(|key| !matches!(key.as_str(), "method" | "id" | "iss"))
+    {
+        return Err(bad);
+    }
+    let method = members
+        .get("method")
+        .and_then(Value::as_str)
+        .and_then(CallerMethod::parse)
+        .ok_or(bad.clone())?;
+    let id = short(members, "id").map_err(|_| bad.clone())?;
+    let issuer = match members.get("iss") {
+        None => None,
+        Some(Value::String(s)) if s.len() <= MAX_SHORT => Some(std::sync::Arc::from(s.as_str())),
+        Some(_) => return Err(bad),
+    };
+    Ok(Caller {
+        method,
+        id: std::sync::Arc::from(id.as_str()),
+        issuer,
     })
 }
 
@@ -244,6 +294,11 @@ mod tests {
             request_id: "r-1".into(),
             provenance_id: "prov_1".into(),
             actor: Value::object([("principal_id", "agent:7".into())]),
+            caller: Some(Caller {
+                method: CallerMethod::Jwt,
+                id: "svc-payments".into(),
+                issuer: Some("https://idp.example".into()),
+            }),
             tool_name: "payments.transfer".into(),
             tool_args: Value::object([("amount", 5000u64.into())]),
             profile_id: "example".into(),
@@ -330,5 +385,52 @@ mod tests {
             verify(&sign(&key, "gate-1", &bad), &keys(&key)),
             Err(NotificationError::Claim("intent_hash"))
         );
+    }
+
+    #[test]
+    fn the_caller_travels_as_the_audit_record_writes_it() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut anonymous = sample();
+        anonymous.caller = Some(Caller::anonymous());
+        let got = verify(&sign(&key, "gate-1", &anonymous), &keys(&key)).unwrap();
+        assert_eq!(got.caller, Some(Caller::anonymous()));
+
+        // A notification from a gate that did not report callers: no caller, not `anonymous`.
+        let mut older = sample();
+        older.caller = None;
+        let got = verify(&sign(&key, "gate-1", &older), &keys(&key)).unwrap();
+        assert_eq!(got.caller, None);
+
+        for bad in [
+            Value::object([("method", "password".into()), ("id", "x".into())]),
+            Value::object([("method", "jwt".into())]),
+            Value::object([
+                ("method", "jwt".into()),
+                ("id", "x".into()),
+                ("extra", "y".into()),
+            ]),
+            Value::String("anonymous".into()),
+        ] {
+            let header = Value::object([
+                ("alg", "EdDSA".into()),
+                ("kid", "gate-1".into()),
+                ("typ", NOTIFICATION_TYP.into()),
+            ]);
+            let public = key.verifying_key();
+            let (_, claims) = crate::jws::verify(
+                &sign(&key, "gate-1", &sample()),
+                MAX_NOTIFICATION_BYTES,
+                |_| Ok::<_, NotificationError>(&public),
+            )
+            .unwrap();
+            let mut claims = claims;
+            claims.insert("caller".into(), bad.clone());
+            let token = crate::jws::sign(&key, &header, &Value::Object(claims));
+            assert_eq!(
+                verify(&token, &keys(&key)),
+                Err(NotificationError::Claim("caller")),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -195,9 +195,10 @@ impl Proxy {
         decision: &Decision,
         decision_record: &AuditBlock,
     ) -> (StatusCode, Value) {
-        let Some((tool, args)) = &decision.approved_call else {
+        let Some(call) = &decision.approved_call else {
             return (StatusCode::OK, Value::Null);
         };
+        let (tool, args) = (&call.tool_name, call.args());
         let started_at = SystemTime::now();
         // The exact bytes sent, and hashed by the grant: the canonical form of the args.
         let sent = Bytes::from(canonical::to_canonical(args));

@@ -219,9 +219,20 @@ impl World {
         self.approver_on("127.0.0.1:0")
     }
 
+    pub fn approver_on(&self, agent_listen: &str) -> ApproverProcess {
+        self.approver_with(agent_listen, &self.state, &[], &[])
+    }
+
+    /// An approver with its own state directory, more arguments and environment.
     // The process is owned by the returned handle, which kills and reaps it.
     #[allow(clippy::zombie_processes)]
-    pub fn approver_on(&self, agent_listen: &str) -> ApproverProcess {
+    pub fn approver_with(
+        &self,
+        agent_listen: &str,
+        state: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ApproverProcess {
         let mut child = gate_command()
             .args([
                 "approver",
@@ -238,8 +249,10 @@ impl World {
             .arg("--passwords")
             .arg(self.dir.path().join("passwords"))
             .arg("--state-dir")
-            .arg(&self.state)
+            .arg(state)
             .args(["--kid", "approver1", "--max-ttl", "1h"])
+            .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -252,10 +265,10 @@ impl World {
                 Instant::now() < deadline,
                 "approver did not report its addresses"
             );
-            let line = lines
-                .next()
-                .expect("approver exited before serving")
-                .unwrap();
+            let line = match lines.next() {
+                Some(line) => line.unwrap(),
+                None => panic!("approver exited before serving: {:?}", child.wait()),
+            };
             if let Some(rest) = line.split("inbox on http://").nth(1) {
                 let inbox = rest.split('/').next().unwrap().to_owned();
                 let agent = line
@@ -513,6 +526,14 @@ fn an_approval_in_the_inbox_lets_the_agent_resume_and_a_rejection_stops_it() {
         detail.body
     );
     assert!(detail.body.contains("ops@1.0.0"));
+    // Who called the gate, as authenticated there (here: no authentication).
+    assert!(
+        detail.body.contains(
+            "<dt>Caller</dt><dd id=\"caller\"><code>anonymous</code> <small>(not authenticated; method <code>none</code>)</small>"
+        ),
+        "{}",
+        detail.body
+    );
     let csrf = csrf_of(&detail.body);
     let approved = post_form(
         &approver.inbox,
@@ -648,12 +669,25 @@ fn an_approval_in_the_inbox_lets_the_agent_resume_and_a_rejection_stops_it() {
     crate::schemas::assert_valid(&schema, &wire, "the gate's notification");
     assert_eq!(wire["intent_hash"].as_str(), Some(intent.as_str()));
     assert_eq!(wire["tool"]["args"]["service"].as_str(), Some("billing"));
-    let mut broken = wire.clone();
-    broken.as_object_mut().unwrap().remove("intent_hash");
-    assert!(
-        !schema.is_valid(&broken),
-        "the schema requires the intent hash"
+    assert_eq!(
+        wire["caller"],
+        serde_json::json!({"method": "none", "id": "anonymous"})
     );
+    assert_eq!(
+        records[0]["caller"],
+        Value::object([("id", "anonymous".into()), ("method", "none".into())])
+    );
+    for required in ["intent_hash", "caller"] {
+        let mut broken = wire.clone();
+        broken.as_object_mut().unwrap().remove(required);
+        assert!(
+            !schema.is_valid(&broken),
+            "the schema requires `{required}`"
+        );
+    }
+    let mut broken = wire.clone();
+    broken["caller"]["method"] = "password".into();
+    assert!(!schema.is_valid(&broken), "the schema knows the methods");
 
     // Tampering (alice becomes mallory) is detected.
     let path = world.state.join("approver-audit.log");
@@ -793,6 +827,7 @@ pub fn sample_notification() -> ecl_gate::notify::Notification {
             ("principal_id", "agent:7".into()),
             ("principal_type", "agent".into()),
         ]),
+        caller: Some(ecl_gate::caller::Caller::anonymous()),
         tool_name: "deploy.run".into(),
         tool_args: Value::object([("service", "<script>alert(1)</script>".into())]),
         profile_id: "ops".into(),
@@ -1150,4 +1185,188 @@ fn a_failing_receiver_never_changes_the_answer_and_is_counted() {
     assert_eq!(escalated["decision_type"].str(), "ESCALATE");
     assert_eq!(wait_for_count(&world.gate_admin(), "refused"), 1);
     assert_eq!(notifications(&world.gate_admin(), "delivered"), 0);
+}
+
+// The notification says who called the gate as its record does: a JWT caller's `sub` and
+// `iss` reach the approver's inbox and audit log, not only what the agent claims in `actor`.
+#[test]
+fn an_authenticated_caller_reaches_the_inbox_and_the_approvers_audit_log() {
+    let world = World::new();
+    let approver = world.approver();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/callers");
+    let auth = format!(
+        "[auth]\nmethods = [\"jwt\"]\n[auth.jwt]\nissuer = \"https://issuer.test\"\naudience = \"ecl-gate\"\n\
+         [auth.jwt.keys.\"ed-1\"]\nalg = \"EdDSA\"\nfile = \"{}\"\n",
+        fixtures.join("ed.pub.pem").display()
+    );
+    let (_gate, gate) = world.gate(&approver.agent, "1h", &auth);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("ed-1".into());
+    let bearer = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"iss": "https://issuer.test", "aud": "ecl-gate",
+                            "sub": "system:serviceaccount:agents:deployer",
+                            "iat": now, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_ed_pem(
+            &std::fs::read(fixtures.join("ed.key.pem")).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let answer = http(
+        &gate,
+        "POST",
+        "/v1/execute",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {bearer}")),
+        ],
+        &canonical::to_canonical(&deploy("deploy-jwt", "billing")),
+    );
+    let escalated = answer.json();
+    assert_eq!(
+        escalated["decision_type"].str(),
+        "ESCALATE",
+        "{}",
+        answer.body
+    );
+    let intent = escalated["escalation"]["intent_hash"].str().to_owned();
+    wait_known(&approver.agent, &intent);
+
+    let expected = Value::object([
+        ("id", "system:serviceaccount:agents:deployer".into()),
+        ("iss", "https://issuer.test".into()),
+        ("method", "jwt".into()),
+    ]);
+    let received = approver_records(&world);
+    assert_eq!(received[0]["caller"], expected);
+    let gate_records = read_records(
+        &std::fs::read_dir(world.dir.path().join("gate/logs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    );
+    let escalate = gate_records
+        .iter()
+        .find(|r| r["decision_type"].str() == "ESCALATE")
+        .unwrap();
+    assert_eq!(escalate["caller"], expected, "the gate recorded the same");
+
+    let session = sign_in(&approver.inbox, "alice", PASSWORD).unwrap();
+    let detail = http(
+        &approver.inbox,
+        "GET",
+        &format!("/escalations/{intent}"),
+        &[("Cookie", &session)],
+        b"",
+    );
+    assert!(
+        detail.body.contains(
+            "<code>system:serviceaccount:agents:deployer</code> <small>(JWT from https://issuer.test; method <code>jwt</code>)</small>"
+        ),
+        "{}",
+        detail.body
+    );
+}
+
+/// Runs `approver serve` expecting it to refuse to start; returns its stderr.
+fn approver_refuses(world: &World, envs: &[(&str, &str)]) -> String {
+    let out = gate_command()
+        .args([
+            "approver",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--key")
+        .arg(world.keys.join("approver1.key"))
+        .arg("--gate-key")
+        .arg(world.keys.join("gate1.pub"))
+        .arg("--passwords")
+        .arg(world.dir.path().join("passwords"))
+        .arg("--state-dir")
+        .arg(&world.state)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "it must not start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// Only the approver's exact variable names are let through: a typo stops both the gate and
+// the approver, named, instead of being silently ignored.
+#[test]
+fn a_misspelt_approver_variable_stops_the_gate_and_the_approver_and_the_real_ones_work() {
+    let world = World::new();
+
+    // The approver refuses the typo, naming it (and what it reads).
+    let refused = approver_refuses(&world, &[("ECL_APPROVER_LISTN", "127.0.0.1:8399")]);
+    assert!(
+        refused.contains("unknown environment variable `ECL_APPROVER_LISTN`"),
+        "{refused}"
+    );
+    assert!(refused.contains("ECL_APPROVER_LISTEN"), "{refused}");
+    // So does wait-approval.
+    let out = gate_command()
+        .args([
+            "wait-approval",
+            "--approver",
+            "http://127.0.0.1:9",
+            "--intent-hash",
+        ])
+        .arg(format!("sha256:{}", "ab".repeat(32)))
+        .env("ECL_APPROVER_TIMEOUT", "5s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown environment variable `ECL_APPROVER_TIMEOUT`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The real names are read: the approver takes its setting from one.
+    let approver = world.approver_with(
+        "127.0.0.1:0",
+        &world.state,
+        &[],
+        &[
+            ("ECL_APPROVER_SECURE_COOKIES", "true"),
+            ("ECL_APPROVER_URL", "http://unused"),
+        ],
+    );
+    let login = http(&approver.inbox, "GET", "/login", &[], b"");
+    let set_cookie = login.header("set-cookie").unwrap_or_default();
+    assert!(set_cookie.ends_with("; Secure"), "{set_cookie}");
+    drop(approver);
+
+    // The gate starts with every real name exported, and refuses the typo, naming it.
+    let gate_dir = world.dir.path().join("typo-gate");
+    std::fs::create_dir_all(&gate_dir).unwrap();
+    let all: Vec<(&str, &str)> = ecl_gate::config::APPROVER_VARIABLES
+        .iter()
+        .map(|name| (*name, "1"))
+        .collect();
+    let (mut started, _, _) = spawn_serve_with_admin(&gate_dir, &all);
+    let _ = started.kill();
+    let _ = started.wait();
+    let refused = gate_command()
+        .current_dir(&gate_dir)
+        .env("ECL_APPROVER_LISTEN", "1")
+        .env("ECL_APPROVER_LISTN", "1")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("ECL_APPROVER_LISTN"), "{stderr}");
+    assert!(!stderr.contains("ECL_APPROVER_LISTEN"), "{stderr}");
 }

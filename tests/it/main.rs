@@ -5,6 +5,7 @@
 mod admin;
 mod approvals;
 mod approver;
+mod approver_pg;
 mod audit;
 mod audit_cli;
 mod browser;

@@ -1,12 +1,15 @@
-//! The approver's pending escalations, kept durably in one append-only JSON Lines file.
+//! The approver's pending escalations in one append-only JSON Lines file (the default store).
 //!
-//! Owns the file and the in-memory index built from it. Each change (a notification
+//! Owns the file and the in-memory indices built from it: the entries by intent, and three
+//! ordered sets (pending by when asked, decided by when decided, everything by expiry) kept
+//! up to date at every change, so an inbox page is a range read and pruning pops expired
+//! entries off the front instead of scanning all of them. Each change (a notification
 //! received, an approval, a rejection) is one line, written and fdatasync'ed before it takes
 //! effect; at start the file is replayed (notifications re-verified under the gate keys) and
 //! rewritten without what has expired, so it never grows past the live entries. It must never
 //! record a second decision for an intent, and never serve an entry past its expiry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +19,11 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::notify::wire::{self, Notification};
+
+use super::{
+    check_pending, Cursor, DecideError, Entry, InboxPage, Received, Status, StoreError,
+    DECIDED_ROWS, PAGE_ROWS,
+};
 
 /// One line of the state file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,109 +50,35 @@ enum Event {
     },
 }
 
-/// Where an escalation stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Approved {
-        at: u64,
-        by: String,
-        token: String,
-        jti: String,
-        expires_at: u64,
-    },
-    Rejected {
-        at: u64,
-        by: String,
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub notification: Notification,
-    /// When the approver received it, seconds since 1970.
-    pub received_at: u64,
-    pub status: Status,
-}
-
-impl Entry {
-    /// After this the entry is gone: an approved one when its token expires, the others when
-    /// the escalation itself does.
-    pub fn expires_at(&self) -> u64 {
-        match &self.status {
-            Status::Approved { expires_at, .. } => *expires_at,
-            _ => self.notification.expires_at,
-        }
-    }
-
-    pub fn is_live(&self, now: u64) -> bool {
-        now < self.expires_at()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the state file `{}`: {source}", .path.display())]
-    Open { path: PathBuf, source: io::Error },
-    #[error("state file `{}` line {line} is unreadable: {why}", .path.display())]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        why: String,
-    },
-    #[error("cannot write the state file: {0}")]
-    Write(#[source] io::Error),
-}
-
-/// Why an approval or rejection was not recorded. Messages go to the approver.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecideError {
-    #[error("no escalation `{0}` is known here (it may have expired and been removed)")]
-    Unknown(String),
-    #[error("escalation `{0}` has expired; the agent must ask again")]
-    Expired(String),
-    #[error(
-        "escalation `{intent_hash}` was already {what} by `{by}`; no second decision is recorded"
-    )]
-    AlreadyDecided {
-        intent_hash: String,
-        what: &'static str,
-        by: String,
-    },
-}
-
-/// What a notification did to the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Received {
-    New,
-    /// The intent is known already (a retry, or the same call asked again): nothing changed.
-    Duplicate,
-}
-
-pub struct Store {
+pub struct FileStore {
     path: PathBuf,
     file: File,
     entries: HashMap<String, Entry>,
+    /// Pending entries by (asked at, intent): the inbox reads it backwards.
+    pending: BTreeSet<Cursor>,
+    /// Decided entries by (decided at, intent).
+    decided: BTreeSet<(u64, String)>,
+    /// Every entry by (gone at, intent): pruning pops from the front.
+    expiry: BTreeSet<(u64, String)>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for FileStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("FileStore")
             .field("path", &self.path)
             .field("entries", &self.entries.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Store {
+impl FileStore {
     /// Replays `path` (creating it when missing), drops what expired before `now`, and
     /// rewrites the file with the live entries only.
     pub fn open(
         path: &Path,
         gate_keys: &BTreeMap<String, VerifyingKey>,
         now: u64,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<FileStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -203,33 +137,87 @@ impl Store {
             .mode(0o600)
             .open(path)
             .map_err(open_err)?;
-        Ok(Store {
+        let mut store = FileStore {
             path: path.to_owned(),
             file,
-            entries,
-        })
+            entries: HashMap::new(),
+            pending: BTreeSet::new(),
+            decided: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+        };
+        for (_, entry) in entries {
+            store.insert(entry);
+        }
+        Ok(store)
+    }
+
+    /// Adds `entry` to the map and its indices.
+    fn insert(&mut self, entry: Entry) {
+        let intent = entry.notification.intent_hash.clone();
+        self.index(&entry);
+        self.entries.insert(intent, entry);
+    }
+
+    fn index(&mut self, entry: &Entry) {
+        let intent = &entry.notification.intent_hash;
+        match entry.status.decided_at() {
+            None => self.pending.insert(entry.position()),
+            Some(at) => self.decided.insert((at, intent.clone())),
+        };
+        self.expiry.insert((entry.expires_at(), intent.clone()));
+    }
+
+    fn unindex(&mut self, entry: &Entry) {
+        let intent = &entry.notification.intent_hash;
+        match entry.status.decided_at() {
+            None => self.pending.remove(&entry.position()),
+            Some(at) => self.decided.remove(&(at, intent.clone())),
+        };
+        self.expiry.remove(&(entry.expires_at(), intent.clone()));
     }
 
     pub fn get(&self, intent_hash: &str, now: u64) -> Option<&Entry> {
         self.entries.get(intent_hash).filter(|e| e.is_live(now))
     }
 
-    /// Live entries, newest first.
-    pub fn list(&self, now: u64) -> Vec<&Entry> {
-        let mut live: Vec<&Entry> = self.entries.values().filter(|e| e.is_live(now)).collect();
-        live.sort_by(|a, b| {
-            (
-                b.notification.decided_at,
-                b.received_at,
-                &b.notification.intent_hash,
-            )
-                .cmp(&(
-                    a.notification.decided_at,
-                    a.received_at,
-                    &a.notification.intent_hash,
-                ))
+    /// One inbox page: up to [`PAGE_ROWS`] pending entries older than `before`, newest
+    /// first, and on the first page the latest decisions.
+    pub fn page(&mut self, now: u64, before: Option<&Cursor>) -> InboxPage {
+        self.prune(now);
+        let newest_first: Box<dyn Iterator<Item = &Cursor>> = match before {
+            Some(cursor) => Box::new(self.pending.range(..cursor).rev()),
+            None => Box::new(self.pending.iter().rev()),
+        };
+        let mut pending: Vec<Entry> = newest_first
+            .take(PAGE_ROWS + 1)
+            .filter_map(|at| self.entries.get(&at.intent_hash).cloned())
+            .collect();
+        let older = (pending.len() > PAGE_ROWS).then(|| {
+            pending.truncate(PAGE_ROWS);
+            pending.last().map(Entry::position)
         });
-        live
+        let decided = if before.is_none() {
+            self.decided
+                .iter()
+                .rev()
+                .take(DECIDED_ROWS)
+                .filter_map(|(_, intent)| self.entries.get(intent).cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        InboxPage {
+            pending,
+            pending_total: self.pending.len(),
+            older: older.flatten(),
+            decided,
+        }
+    }
+
+    /// Live pending entries.
+    pub fn pending(&mut self, now: u64) -> usize {
+        self.prune(now);
+        self.pending.len()
     }
 
     /// Whether a notification for this intent would change anything.
@@ -251,15 +239,16 @@ impl Store {
             at: now,
             jws: jws.to_owned(),
         })?;
-        self.entries.insert(
-            notification.intent_hash.clone(),
-            Entry {
-                notification,
-                received_at: now,
-                status: Status::Pending,
-            },
-        );
         self.prune(now);
+        // A known intent that is no longer live (not pruned yet) is replaced.
+        if let Some(old) = self.entries.remove(&notification.intent_hash) {
+            self.unindex(&old);
+        }
+        self.insert(Entry {
+            notification,
+            received_at: now,
+            status: Status::Pending,
+        });
         Ok(Received::New)
     }
 
@@ -269,22 +258,8 @@ impl Store {
             .entries
             .get(intent_hash)
             .ok_or_else(|| DecideError::Unknown(intent_hash.to_owned()))?;
-        match &entry.status {
-            Status::Approved { by, .. } => Err(DecideError::AlreadyDecided {
-                intent_hash: intent_hash.to_owned(),
-                what: "approved",
-                by: by.clone(),
-            }),
-            Status::Rejected { by, .. } => Err(DecideError::AlreadyDecided {
-                intent_hash: intent_hash.to_owned(),
-                what: "rejected",
-                by: by.clone(),
-            }),
-            Status::Pending if !entry.is_live(now) => {
-                Err(DecideError::Expired(intent_hash.to_owned()))
-            }
-            Status::Pending => Ok(entry),
-        }
+        check_pending(entry, now)?;
+        Ok(entry)
     }
 
     /// Records a decision already checked with [`Store::check_pending`] (under the same lock).
@@ -313,15 +288,31 @@ impl Store {
             },
         };
         self.write(&event)?;
-        if let Some(entry) = self.entries.get_mut(intent_hash) {
+        if let Some(mut entry) = self.entries.remove(intent_hash) {
+            self.unindex(&entry);
             entry.status = status;
+            self.insert(entry);
         }
         Ok(())
     }
 
-    /// Forgets expired entries (the file forgets them at the next start).
+    /// Forgets expired entries (the file forgets them at the next start): only those, found
+    /// at the front of the expiry index.
     pub fn prune(&mut self, now: u64) {
-        self.entries.retain(|_, entry| entry.is_live(now));
+        while self
+            .expiry
+            .first()
+            .is_some_and(|(gone_at, _)| *gone_at <= now)
+        {
+            let Some((gone_at, intent)) = self.expiry.pop_first() else {
+                break;
+            };
+            if self.entries.get(&intent).map(Entry::expires_at) == Some(gone_at) {
+                if let Some(entry) = self.entries.remove(&intent) {
+                    self.unindex(&entry);
+                }
+            }
+        }
     }
 
     fn write(&mut self, event: &Event) -> Result<(), StoreError> {
@@ -420,6 +411,7 @@ mod tests {
             request_id: format!("r-{n}"),
             provenance_id: "prov".into(),
             actor: Value::object([("principal_id", "agent:7".into())]),
+            caller: None,
             tool_name: "payments.transfer".into(),
             tool_args: Value::object([("amount", 5000u64.into())]),
             profile_id: "example".into(),
@@ -441,7 +433,7 @@ mod tests {
         BTreeMap::from([("gate".to_owned(), key.verifying_key())])
     }
 
-    fn receive(store: &mut Store, key: &SigningKey, n: Notification, now: u64) -> Received {
+    fn receive(store: &mut FileStore, key: &SigningKey, n: Notification, now: u64) -> Received {
         let jws = wire::sign(key, "gate", &n);
         store.receive(n, &jws, now).unwrap()
     }
@@ -451,7 +443,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.jsonl");
         let key = SigningKey::from_bytes(&[3; 32]);
-        let mut store = Store::open(&path, &keys(&key), 1000).unwrap();
+        let mut store = FileStore::open(&path, &keys(&key), 1000).unwrap();
         assert_eq!(
             receive(&mut store, &key, notification(1, 1000), 1000),
             Received::New
@@ -477,13 +469,23 @@ mod tests {
         drop(store);
 
         // At 1050 entry 3 (expires 1000) is gone; 1 stays rejected; 2 pending, listed first.
-        let store = Store::open(&path, &keys(&key), 1050).unwrap();
-        let listed: Vec<_> = store
-            .list(1050)
+        let store = FileStore::open(&path, &keys(&key), 1050).unwrap();
+        let mut store = store;
+        let page = store.page(1050, None);
+        let pending: Vec<_> = page
+            .pending
             .iter()
             .map(|e| e.notification.request_id.clone())
             .collect();
-        assert_eq!(listed, ["r-2", "r-1"]);
+        let decided: Vec<_> = page
+            .decided
+            .iter()
+            .map(|e| e.notification.request_id.clone())
+            .collect();
+        assert_eq!(
+            (pending, decided),
+            (vec!["r-2".to_owned()], vec!["r-1".to_owned()])
+        );
         assert!(matches!(
             store.check_pending(&one, 1050),
             Err(DecideError::AlreadyDecided {
@@ -503,7 +505,7 @@ mod tests {
     fn an_expired_entry_cannot_be_decided() {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[3; 32]);
-        let mut store = Store::open(&dir.path().join("s.jsonl"), &keys(&key), 1000).unwrap();
+        let mut store = FileStore::open(&dir.path().join("s.jsonl"), &keys(&key), 1000).unwrap();
         receive(&mut store, &key, notification(1, 1000), 1000);
         let hash = notification(1, 1000).intent_hash;
         assert_eq!(
@@ -518,19 +520,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.jsonl");
         let key = SigningKey::from_bytes(&[3; 32]);
-        let mut store = Store::open(&path, &keys(&key), 1000).unwrap();
+        let mut store = FileStore::open(&path, &keys(&key), 1000).unwrap();
         receive(&mut store, &key, notification(1, 1000), 1000);
         drop(store);
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"event\":\"appro").unwrap();
         drop(file);
-        let store = Store::open(&path, &keys(&key), 1000).unwrap();
-        assert_eq!(store.list(1000).len(), 1);
+        let mut store = FileStore::open(&path, &keys(&key), 1000).unwrap();
+        assert_eq!(store.pending(1000), 1);
         drop(store);
 
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("garbage\n{text}")).unwrap();
-        let err = Store::open(&path, &keys(&key), 1000).unwrap_err();
+        let err = FileStore::open(&path, &keys(&key), 1000).unwrap_err();
         assert!(err.to_string().contains("line 1 is unreadable"), "{err}");
     }
 
@@ -539,11 +541,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.jsonl");
         let old = SigningKey::from_bytes(&[3; 32]);
-        let mut store = Store::open(&path, &keys(&old), 1000).unwrap();
+        let mut store = FileStore::open(&path, &keys(&old), 1000).unwrap();
         receive(&mut store, &old, notification(1, 1000), 1000);
         drop(store);
         let new = SigningKey::from_bytes(&[4; 32]);
-        let store = Store::open(&path, &keys(&new), 1000).unwrap();
-        assert!(store.list(1000).is_empty());
+        let mut store = FileStore::open(&path, &keys(&new), 1000).unwrap();
+        assert_eq!(store.pending(1000), 0);
+    }
+
+    fn notification_n(n: u16, decided_at: u64) -> Notification {
+        let mut out = notification(0, decided_at);
+        out.intent_hash = format!("sha256:{}", format!("{n:04x}").repeat(16));
+        out.request_id = format!("r-{n}");
+        out
+    }
+
+    #[test]
+    fn pages_walk_every_pending_entry_newest_first_and_pruning_keeps_the_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let mut store = FileStore::open(&dir.path().join("s.jsonl"), &keys(&key), 1000).unwrap();
+        // 450 pending; several asked in the same second, so the intent breaks ties.
+        for n in 0..450u16 {
+            let mut asked = notification_n(n, 1000 + u64::from(n / 3));
+            asked.expires_at = 5000 + u64::from(n);
+            receive(&mut store, &key, asked, 1000);
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = store.page(1000, cursor.as_ref());
+            pages += 1;
+            assert_eq!(page.pending_total, 450);
+            assert!(page.pending.len() <= PAGE_ROWS);
+            seen.extend(page.pending.iter().map(Entry::position));
+            match page.older {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        let mut expected = seen.clone();
+        expected.sort();
+        expected.reverse();
+        expected.dedup();
+        assert_eq!(seen, expected, "newest first, each exactly once");
+        assert_eq!(seen.len(), 450);
+
+        // Entries 0..=99 are live until 5000..=5099: at 5099 they are gone from every index.
+        assert_eq!(store.pending(5099), 350);
+        assert_eq!(store.page(5099, None).pending_total, 350);
+        assert!(store.entries.len() == 350 && store.expiry.len() == 350);
     }
 }
