@@ -550,3 +550,52 @@ impl StopSignals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start loads every valid version once across its worker threads, refuses the broken
+    /// one without stopping, and never reads a name outside the charset.
+    #[test]
+    fn preload_loads_every_valid_version_on_all_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = r#"{"name":"t","constraints":{"arg_rules":[{"path":"$.q","type":"string","pattern":"^[a-z]+$"}]}}"#;
+        for id in ["a", "b", "c"] {
+            std::fs::create_dir_all(dir.path().join(id)).unwrap();
+            for version in 0..40 {
+                std::fs::write(
+                    dir.path().join(format!("{id}/{version}.json")),
+                    format!(
+                        r#"{{"profile_id":"{id}","profile_version":"{version}","default":"DENY","allowed_tools":[{tool}]}}"#
+                    ),
+                )
+                .unwrap();
+            }
+        }
+        std::fs::write(dir.path().join("a/broken.json"), "{").unwrap();
+        std::fs::write(dir.path().join("a/.hidden.json"), "{").unwrap();
+        let store = ProfileStore::new(dir.path());
+        preload_profiles(&store).unwrap();
+        assert_eq!(store.loaded_count(), 120);
+        assert_eq!(store.distinct_tools(), 1);
+        assert_eq!(store.distinct_patterns(), 1);
+        assert_eq!(
+            store.get("b", "39").unwrap().ref_hash,
+            crate::canonical::sha256_prefixed(
+                &std::fs::read(dir.path().join("b/39.json")).unwrap()
+            )
+        );
+    }
+
+    /// A root that cannot be read stops the start, naming it and how to set it.
+    #[test]
+    fn preload_of_a_missing_root_names_it() {
+        let store = ProfileStore::new("/nonexistent/profiles-root");
+        let err = preload_profiles(&store).unwrap_err().to_string();
+        assert!(
+            err.contains("`/nonexistent/profiles-root`") && err.contains("PROFILES_ROOT"),
+            "{err}"
+        );
+    }
+}
