@@ -8,6 +8,9 @@
 #   bench/store.sh distinct           the same shape, every pattern different (200,000 patterns)
 #   bench/store.sh none               the same shape, a `max_len` rule instead of a pattern
 #   STORE_ROUNDS=3 bench/store.sh     start the gate 3 times on the same store, one line each
+#   STORE_LOAD=5s bench/store.sh; STORE_ROOT=profiles STORE_LOAD=5s bench/store.sh shipped
+#                                     CPU per decision with 10,004 versions, then with the 4
+#                                     shipped ones: it should not differ
 #
 # More knobs: STORE_PROFILES (1000), STORE_VERSIONS (10), STORE_TOOLS (20), STORE_BIN (another
 # ecl-gate build to measure instead of this tree's release build), STORE_LOG (the gate's log
