@@ -3,8 +3,9 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -347,28 +348,72 @@ fn with_hint(err: AuditError, audit_path: &Path) -> anyhow::Error {
 
 /// Loads every valid profile at start so its bytes are fixed from the first moment and a
 /// broken one is reported before traffic arrives. Versions added later still load on demand.
+///
+/// A store may hold tens of thousands of versions: they load on every core (parsing dominates
+/// and versions are independent), with a progress line every few seconds and one summary.
 fn preload_profiles(profiles: &ProfileStore) -> anyhow::Result<()> {
     let root = profiles.root();
+    let started = Instant::now();
     let found = profiles.list().with_context(|| {
         format!(
             "cannot read profiles_root `{}` (set `profiles_root` or PROFILES_ROOT)",
             root.display()
         )
     })?;
-    for (id, version) in found {
-        if !is_valid_ref(&id) || !is_valid_ref(&version) {
-            tracing::warn!(%id, %version, "profile name outside [A-Za-z0-9._-] is never served");
-            continue;
-        }
-        match profiles.get(&id, &version) {
-            Ok(profile) => {
-                tracing::info!(%id, %version, hash = %profile.ref_hash, "profile loaded")
-            }
-            Err(err) => tracing::warn!(%id, %version, "{err}"),
-        }
+    let (valid, outside): (Vec<_>, Vec<_>) = found
+        .into_iter()
+        .partition(|(id, version)| is_valid_ref(id) && is_valid_ref(version));
+    for (id, version) in outside {
+        tracing::warn!(%id, %version, "profile name outside [A-Za-z0-9._-] is never served");
     }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(valid.len().max(1));
+    let next = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    let load = || {
+        // Claimed one at a time: versions differ in size, so fixed shares would finish unevenly.
+        while let Some((id, version)) = valid.get(next.fetch_add(1, Ordering::Relaxed)) {
+            match profiles.get(id, version) {
+                Ok(profile) => {
+                    tracing::debug!(%id, %version, hash = %profile.ref_hash, "profile loaded")
+                }
+                Err(err) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%id, %version, "{err}")
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers).map(|_| scope.spawn(load)).collect();
+        let mut last_progress = Instant::now();
+        while !handles.iter().all(|handle| handle.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            if last_progress.elapsed() >= PRELOAD_PROGRESS_EVERY {
+                last_progress = Instant::now();
+                tracing::info!(
+                    "loading profiles: {} of {} versions",
+                    next.load(Ordering::Relaxed).min(valid.len()),
+                    valid.len()
+                );
+            }
+        }
+    });
+    tracing::info!(
+        root = %root.display(),
+        versions = profiles.loaded_count(),
+        refused = refused.load(Ordering::Relaxed),
+        distinct_tools = profiles.distinct_tools(),
+        distinct_patterns = profiles.distinct_patterns(),
+        seconds = started.elapsed().as_secs_f64(),
+        "profiles loaded"
+    );
     Ok(())
 }
+
+/// How often a long start says how far loading the profile store got.
+const PRELOAD_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The effective configuration at start, for operators reading the log. Nothing in it is a
 /// secret today (approver keys are public); keys holding secrets must be redacted here.
@@ -503,5 +548,54 @@ impl StopSignals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start loads every valid version once across its worker threads, refuses the broken
+    /// one without stopping, and never reads a name outside the charset.
+    #[test]
+    fn preload_loads_every_valid_version_on_all_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = r#"{"name":"t","constraints":{"arg_rules":[{"path":"$.q","type":"string","pattern":"^[a-z]+$"}]}}"#;
+        for id in ["a", "b", "c"] {
+            std::fs::create_dir_all(dir.path().join(id)).unwrap();
+            for version in 0..40 {
+                std::fs::write(
+                    dir.path().join(format!("{id}/{version}.json")),
+                    format!(
+                        r#"{{"profile_id":"{id}","profile_version":"{version}","default":"DENY","allowed_tools":[{tool}]}}"#
+                    ),
+                )
+                .unwrap();
+            }
+        }
+        std::fs::write(dir.path().join("a/broken.json"), "{").unwrap();
+        std::fs::write(dir.path().join("a/.hidden.json"), "{").unwrap();
+        let store = ProfileStore::new(dir.path());
+        preload_profiles(&store).unwrap();
+        assert_eq!(store.loaded_count(), 120);
+        assert_eq!(store.distinct_tools(), 1);
+        assert_eq!(store.distinct_patterns(), 1);
+        assert_eq!(
+            store.get("b", "39").unwrap().ref_hash,
+            crate::canonical::sha256_prefixed(
+                &std::fs::read(dir.path().join("b/39.json")).unwrap()
+            )
+        );
+    }
+
+    /// A root that cannot be read stops the start, naming it and how to set it.
+    #[test]
+    fn preload_of_a_missing_root_names_it() {
+        let store = ProfileStore::new("/nonexistent/profiles-root");
+        let err = preload_profiles(&store).unwrap_err().to_string();
+        assert!(
+            err.contains("`/nonexistent/profiles-root`") && err.contains("PROFILES_ROOT"),
+            "{err}"
+        );
     }
 }

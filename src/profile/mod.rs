@@ -6,6 +6,7 @@
 
 pub mod diff;
 mod parse;
+mod shared;
 mod store;
 
 use std::collections::HashMap;
@@ -16,50 +17,11 @@ use regex::Regex;
 use crate::reason::ReasonCode;
 
 pub use parse::{parse_profile, parse_profile_with};
+pub use shared::Shared;
 pub use store::{is_valid_ref, ProfileStore, MAX_PROFILE_BYTES};
 
 /// The outcome of looking a profile up: what `decide` needs of the profile store.
 pub type ProfileLookup = Result<Arc<Profile>, ProfileError>;
-
-/// Compiled `pattern`s, shared by source across every profile version a store loads.
-///
-/// A store keeps every version of every profile; the same pattern repeated across 10,000
-/// versions was compiled (~100 µs) and held (~10 KB) 10,000 times. A rule holds an `Arc` of
-/// the one compiled regex (a `Regex` clone would carry its own match-cache pool). Entries are
-/// never dropped: loaded versions never are either, and only profiles, never requests, reach it.
-#[derive(Debug, Default)]
-pub struct Patterns {
-    compiled: std::sync::Mutex<HashMap<Box<str>, Arc<Regex>>>,
-}
-
-impl Patterns {
-    /// The regex for `source`, anchored at the start like Python's `re.match`.
-    pub fn compile(&self, source: &str) -> Result<Arc<Regex>, regex::Error> {
-        if let Some(found) = self
-            .compiled
-            .lock()
-            .ok()
-            .and_then(|map| map.get(source).cloned())
-        {
-            return Ok(found);
-        }
-        // Compiled outside the lock: two first uses may both compile; the first to land wins.
-        let regex = Arc::new(Regex::new(&format!("^(?:{source})"))?);
-        match self.compiled.lock() {
-            Ok(mut map) => Ok(Arc::clone(map.entry(source.into()).or_insert(regex))),
-            Err(_) => Ok(regex),
-        }
-    }
-
-    /// Distinct patterns compiled so far.
-    pub fn len(&self) -> usize {
-        self.compiled.lock().map(|map| map.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// `profile_ref_hash` when no profile bytes could be read (SPEC §4).
 pub fn no_profile_hash() -> String {
@@ -73,17 +35,21 @@ pub struct Profile {
     pub version: String,
     /// `"sha256:"` + SHA-256 of the exact file bytes.
     pub ref_hash: String,
-    tools: Vec<ToolPolicy>,
-    by_name: HashMap<String, usize>,
+    /// Shared with every other version of the store that has an equal policy ([`Shared`]).
+    tools: Vec<Arc<ToolPolicy>>,
+    by_name: HashMap<Box<str>, usize>,
 }
 
 impl Profile {
     /// The policy for `name`, if the allowlist names it.
     pub fn tool(&self, name: &str) -> Option<&ToolPolicy> {
-        self.by_name.get(name).and_then(|&i| self.tools.get(i))
+        self.by_name
+            .get(name)
+            .and_then(|&i| self.tools.get(i))
+            .map(Arc::as_ref)
     }
 
-    pub fn tools(&self) -> &[ToolPolicy] {
+    pub fn tools(&self) -> &[Arc<ToolPolicy>] {
         &self.tools
     }
 }
@@ -120,7 +86,7 @@ pub struct ArgRule {
     pub max: Option<f64>,
     pub one_of: Option<Vec<String>>,
     /// Compiled as `^(?:…)`: anchored at the start like Python's `re.match`.
-    /// Shared with every other rule of the store that has the same source ([`Patterns`]).
+    /// Shared with every other rule of the store that has the same source ([`Shared`]).
     pub pattern: Option<Arc<Regex>>,
 }
 

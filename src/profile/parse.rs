@@ -5,19 +5,20 @@ use std::collections::HashMap;
 use crate::canonical::{self, Value};
 use crate::strict::Strict;
 
-use super::{ArgRule, PathStep, Patterns, Profile, ProfileError, RuleKind, Severity, ToolPolicy};
+use super::{ArgRule, PathStep, Profile, ProfileError, RuleKind, Severity, Shared, ToolPolicy};
 
 /// Parses and validates the bytes of `{id}/{version}.json` on their own.
 pub fn parse_profile(id: &str, version: &str, bytes: &[u8]) -> Result<Profile, ProfileError> {
-    parse_profile_with(id, version, bytes, &Patterns::default())
+    parse_profile_with(id, version, bytes, &Shared::default())
 }
 
-/// [`parse_profile`], sharing compiled patterns with every profile parsed with `patterns`.
+/// [`parse_profile`], sharing compiled patterns and equal tool policies with every profile
+/// parsed with `shared`.
 pub fn parse_profile_with(
     id: &str,
     version: &str,
     bytes: &[u8],
-    patterns: &Patterns,
+    shared: &Shared,
 ) -> Result<Profile, ProfileError> {
     let ref_hash = canonical::sha256_prefixed(bytes);
     let invalid = |message: String| ProfileError::Invalid {
@@ -27,10 +28,11 @@ pub fn parse_profile_with(
         message,
     };
     let value = canonical::parse(bytes).map_err(|err| invalid(format!("not valid JSON: {err}")))?;
-    let tools = read_profile(&value, id, version, patterns).map_err(invalid)?;
+    let tools = read_profile(&value, id, version, shared).map_err(invalid)?;
+    drop(value);
     let mut by_name = HashMap::with_capacity(tools.len());
     for (index, tool) in tools.iter().enumerate() {
-        if by_name.insert(tool.name.clone(), index).is_some() {
+        if by_name.insert(tool.name.as_str().into(), index).is_some() {
             // Two entries for one tool would make the policy depend on which one is read.
             return Err(invalid(format!(
                 "tool `{}` is listed more than once in `allowed_tools`",
@@ -38,11 +40,15 @@ pub fn parse_profile_with(
             )));
         }
     }
+    // Only a profile that validated whole shares anything with the store.
+    // Not `collect()`: that would reuse the parsed tools' allocation, 7 times the size needed.
+    let mut shared_tools = Vec::with_capacity(tools.len());
+    shared_tools.extend(tools.into_iter().map(|tool| shared.tool(tool)));
     Ok(Profile {
         id: id.to_owned(),
         version: version.to_owned(),
         ref_hash,
-        tools,
+        tools: shared_tools,
         by_name,
     })
 }
@@ -51,7 +57,7 @@ fn read_profile(
     value: &Value,
     id: &str,
     version: &str,
-    patterns: &Patterns,
+    shared: &Shared,
 ) -> Result<Vec<ToolPolicy>, String> {
     let root = Strict::new(value, "")?;
     root.only(&["profile_id", "profile_version", "default", "allowed_tools"])?;
@@ -77,11 +83,11 @@ fn read_profile(
     entries
         .iter()
         .enumerate()
-        .map(|(i, entry)| read_tool(entry, &format!("allowed_tools[{i}]"), patterns))
+        .map(|(i, entry)| read_tool(entry, &format!("allowed_tools[{i}]"), shared))
         .collect()
 }
 
-fn read_tool(value: &Value, at: &str, patterns: &Patterns) -> Result<ToolPolicy, String> {
+fn read_tool(value: &Value, at: &str, shared: &Shared) -> Result<ToolPolicy, String> {
     let tool = Strict::new(value, at)?;
     tool.only(&[
         "name",
@@ -121,7 +127,7 @@ fn read_tool(value: &Value, at: &str, patterns: &Patterns) -> Result<ToolPolicy,
                 Some(Value::Array(rules)) => rules
                     .iter()
                     .enumerate()
-                    .map(|(i, rule)| read_rule(rule, &format!("{at}.arg_rules[{i}]"), patterns))
+                    .map(|(i, rule)| read_rule(rule, &format!("{at}.arg_rules[{i}]"), shared))
                     .collect::<Result<_, _>>()?,
                 Some(other) => {
                     return Err(format!(
@@ -133,6 +139,9 @@ fn read_tool(value: &Value, at: &str, patterns: &Patterns) -> Result<ToolPolicy,
         }
     };
 
+    // Collecting through `Result` reserves room for 4 rules; a store keeps this for good.
+    let mut arg_rules: Vec<ArgRule> = arg_rules;
+    arg_rules.shrink_to_fit();
     Ok(ToolPolicy {
         name,
         requires_approval,
@@ -142,7 +151,7 @@ fn read_tool(value: &Value, at: &str, patterns: &Patterns) -> Result<ToolPolicy,
     })
 }
 
-fn read_rule(value: &Value, at: &str, patterns: &Patterns) -> Result<ArgRule, String> {
+fn read_rule(value: &Value, at: &str, shared: &Shared) -> Result<ArgRule, String> {
     let rule = Strict::new(value, at)?;
     rule.only(&[
         "path",
@@ -185,7 +194,11 @@ fn read_rule(value: &Value, at: &str, patterns: &Patterns) -> Result<ArgRule, St
                         .map(str::to_owned)
                         .ok_or_else(|| format!("`{at}.enum` must list strings only"))
                 })
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect::<Result<Vec<_>, _>>()
+                .map(|mut items| {
+                    items.shrink_to_fit();
+                    items
+                })?,
         ),
         Some(other) => {
             return Err(format!(
@@ -197,8 +210,8 @@ fn read_rule(value: &Value, at: &str, patterns: &Patterns) -> Result<ArgRule, St
     let pattern = match rule.members.get("pattern") {
         None => None,
         Some(Value::String(source)) => Some(
-            patterns
-                .compile(source)
+            shared
+                .pattern(source)
                 .map_err(|err| format!("`{at}.pattern` is not a valid regex: {err}"))?,
         ),
         Some(other) => {
@@ -322,6 +335,7 @@ fn parse_path(path: &str) -> Result<Vec<PathStep>, &'static str> {
     if steps.is_empty() {
         return Err("names no argument");
     }
+    steps.shrink_to_fit();
     Ok(steps)
 }
 

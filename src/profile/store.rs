@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use super::ProfileLookup;
 
-use super::{parse_profile_with, Patterns, Profile, ProfileError};
+use super::{parse_profile_with, Profile, ProfileError, Shared};
 
 /// Profiles larger than this are refused unread: a profile is policy, not data.
 pub const MAX_PROFILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -38,7 +38,7 @@ pub struct ProfileStore {
     root: PathBuf,
     // INVARIANT: an entry, once inserted, is never replaced or removed.
     loaded: RwLock<HashMap<String, Versions>>,
-    patterns: Patterns,
+    shared: Shared,
 }
 
 impl ProfileStore {
@@ -46,7 +46,7 @@ impl ProfileStore {
         ProfileStore {
             root: root.into(),
             loaded: RwLock::new(HashMap::new()),
-            patterns: Patterns::default(),
+            shared: Shared::default(),
         }
     }
 
@@ -104,12 +104,17 @@ impl ProfileStore {
                 message: format!("file is larger than {MAX_PROFILE_BYTES} bytes"),
             },
         })?;
-        parse_profile_with(id, version, &bytes, &self.patterns)
+        parse_profile_with(id, version, &bytes, &self.shared)
     }
 
     /// Distinct `pattern` sources compiled for the versions loaded so far.
     pub fn distinct_patterns(&self) -> usize {
-        self.patterns.len()
+        self.shared.pattern_count()
+    }
+
+    /// Distinct tool policies held for the versions loaded so far.
+    pub fn distinct_tools(&self) -> usize {
+        self.shared.tool_count()
     }
 
     /// Every `{id}/{version}.json` under the root, sorted; names outside the charset included,
