@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::ConfigError;
 use crate::grant::{GrantSigner, MAX_LIFETIME};
+use crate::reload::read_bounded;
 
 /// Default for `upstreams.*.timeout_ms`: connect, send and the whole answer.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -263,27 +264,6 @@ impl std::fmt::Debug for ClientIdentity {
             .field("chain", &self.chain.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Largest client certificate or key file read (a chain is a few KiB).
-const MAX_PEM_BYTES: u64 = 1024 * 1024;
-
-/// Reads a file of at most [`MAX_PEM_BYTES`].
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(format!(
-            "`{}` is larger than {MAX_PEM_BYTES} bytes",
-            path.display()
-        ));
-    }
-    Ok(bytes)
 }
 
 /// The SHA-256 over both files' bytes, without parsing them: what a reload check compares.

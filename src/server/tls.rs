@@ -18,9 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::caller::{Caller, CallerMethod};
 use crate::config::auth::ListenTlsConfig;
 use crate::metrics::Metrics;
-
-/// Largest PEM file read (chains and CA bundles are a few KiB).
-const MAX_PEM_BYTES: u64 = 1024 * 1024;
+use crate::reload::read_bounded;
 
 pub struct TlsListener {
     config: ListenTlsConfig,
@@ -110,29 +108,12 @@ impl TlsListener {
     }
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(format!(
-            "`{}` is larger than {MAX_PEM_BYTES} bytes",
-            path.display()
-        ));
-    }
-    Ok(bytes)
-}
-
 fn fingerprint(config: &ListenTlsConfig) -> Result<Vec<u8>, String> {
     let mut digest = Sha256::new();
-    digest.update(read(&config.cert_file)?);
-    digest.update(read(&config.key_file)?);
+    digest.update(read_bounded(&config.cert_file)?);
+    digest.update(read_bounded(&config.key_file)?);
     if let Some(ca) = &config.client_ca_file {
-        digest.update(read(ca)?);
+        digest.update(read_bounded(ca)?);
     }
     Ok(digest.finalize().to_vec())
 }
@@ -152,8 +133,8 @@ fn certificates(
 
 fn build(config: &ListenTlsConfig) -> Result<Loaded, String> {
     let mut digest = Sha256::new();
-    let cert_bytes = read(&config.cert_file)?;
-    let key_bytes = read(&config.key_file)?;
+    let cert_bytes = read_bounded(&config.cert_file)?;
+    let key_bytes = read_bounded(&config.key_file)?;
     digest.update(&cert_bytes);
     digest.update(&key_bytes);
     let chain = certificates(&config.cert_file, &cert_bytes)?;
@@ -171,7 +152,7 @@ fn build(config: &ListenTlsConfig) -> Result<Loaded, String> {
     let builder = match &config.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(path) => {
-            let ca_bytes = read(path)?;
+            let ca_bytes = read_bounded(path)?;
             digest.update(&ca_bytes);
             let mut roots = RootCertStore::empty();
             for cert in certificates(path, &ca_bytes)? {
