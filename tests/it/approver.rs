@@ -219,21 +219,10 @@ impl World {
         self.approver_on("127.0.0.1:0")
     }
 
-    pub fn approver_on(&self, agent_listen: &str) -> ApproverProcess {
-        self.approver_with(agent_listen, &self.state, &[], &[])
-    }
-
-    /// An approver with its own state directory, more arguments and environment.
-    // The process is owned by the returned handle, which kills and reaps it.
-    #[allow(clippy::zombie_processes)]
-    pub fn approver_with(
-        &self,
-        agent_listen: &str,
-        state: &Path,
-        args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> ApproverProcess {
-        let mut child = gate_command()
+    /// `approver serve` with this world's keys, passwords and `state`, inbox on a free port.
+    pub fn approver_command(&self, agent_listen: &str, state: &Path) -> std::process::Command {
+        let mut command = gate_command();
+        command
             .args([
                 "approver",
                 "serve",
@@ -249,7 +238,26 @@ impl World {
             .arg("--passwords")
             .arg(self.dir.path().join("passwords"))
             .arg("--state-dir")
-            .arg(state)
+            .arg(state);
+        command
+    }
+
+    pub fn approver_on(&self, agent_listen: &str) -> ApproverProcess {
+        self.approver_with(agent_listen, &self.state, &[], &[])
+    }
+
+    /// An approver with its own state directory, more arguments and environment.
+    // The process is owned by the returned handle, which kills and reaps it.
+    #[allow(clippy::zombie_processes)]
+    pub fn approver_with(
+        &self,
+        agent_listen: &str,
+        state: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ApproverProcess {
+        let mut child = self
+            .approver_command(agent_listen, state)
             .args(["--kid", "approver1", "--max-ttl", "1h"])
             .args(args)
             .envs(envs.iter().copied())
@@ -452,6 +460,20 @@ fn approver_records(world: &World) -> Vec<Value> {
     read_records(&world.state.join("approver-audit.log"))
 }
 
+/// The gate's ESCALATE record (its log is the one file in `gate/logs`).
+fn gate_escalate_record(world: &World) -> Value {
+    let log = std::fs::read_dir(world.dir.path().join("gate/logs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    read_records(&log)
+        .into_iter()
+        .find(|r| r["decision_type"].str() == "ESCALATE")
+        .unwrap()
+}
+
 fn audit_verify(path: &Path) -> (i32, String) {
     let out = gate_command()
         .args(["audit", "verify"])
@@ -624,18 +646,7 @@ fn an_approval_in_the_inbox_lets_the_agent_resume_and_a_rejection_stops_it() {
         "payments is frozen until Monday"
     );
     // The received record cites the gate's ESCALATE record.
-    let gate_records = read_records(
-        &std::fs::read_dir(world.dir.path().join("gate/logs"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path(),
-    );
-    let escalate = gate_records
-        .iter()
-        .find(|r| r["decision_type"].str() == "ESCALATE")
-        .unwrap();
+    let escalate = gate_escalate_record(&world);
     assert_eq!(
         records[0]["gate_record"]["record_hash"],
         escalate["integrity"]["record_hash"]
@@ -1244,18 +1255,7 @@ fn an_authenticated_caller_reaches_the_inbox_and_the_approvers_audit_log() {
     ]);
     let received = approver_records(&world);
     assert_eq!(received[0]["caller"], expected);
-    let gate_records = read_records(
-        &std::fs::read_dir(world.dir.path().join("gate/logs"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path(),
-    );
-    let escalate = gate_records
-        .iter()
-        .find(|r| r["decision_type"].str() == "ESCALATE")
-        .unwrap();
+    let escalate = gate_escalate_record(&world);
     assert_eq!(escalate["caller"], expected, "the gate recorded the same");
 
     let session = sign_in(&approver.inbox, "alice", PASSWORD).unwrap();
@@ -1277,23 +1277,8 @@ fn an_authenticated_caller_reaches_the_inbox_and_the_approvers_audit_log() {
 
 /// Runs `approver serve` expecting it to refuse to start; returns its stderr.
 fn approver_refuses(world: &World, envs: &[(&str, &str)]) -> String {
-    let out = gate_command()
-        .args([
-            "approver",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--key")
-        .arg(world.keys.join("approver1.key"))
-        .arg("--gate-key")
-        .arg(world.keys.join("gate1.pub"))
-        .arg("--passwords")
-        .arg(world.dir.path().join("passwords"))
-        .arg("--state-dir")
-        .arg(&world.state)
+    let out = world
+        .approver_command("127.0.0.1:0", &world.state)
         .envs(envs.iter().copied())
         .output()
         .unwrap();

@@ -452,23 +452,8 @@ fn the_inbox_pages_beyond_200_pending_in_the_state_file() {
 #[test]
 fn a_database_the_approver_cannot_reach_is_named_without_its_password() {
     let world = World::new();
-    let out = gate_command()
-        .args([
-            "approver",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--key")
-        .arg(world.keys.join("approver1.key"))
-        .arg("--gate-key")
-        .arg(world.keys.join("gate1.pub"))
-        .arg("--passwords")
-        .arg(world.dir.path().join("passwords"))
-        .arg("--state-dir")
-        .arg(&world.state)
+    let out = world
+        .approver_command("127.0.0.1:0", &world.state)
         .env(
             "ECL_APPROVER_DB",
             "postgres://approver:s3cret-pw@127.0.0.1:1/ecl?sslmode=disable&connect_timeout=2",
